@@ -1,0 +1,58 @@
+"""The `unetseg` command line: argument parsing only; each subcommand calls one function of the core.
+
+Subcommands register themselves in `_SUBCOMMANDS` through a small `_add_<name>` function that declares the
+arguments and the handler. Heavy imports happen inside handlers so `unetseg --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from . import __version__
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="segment the bundled sample with the bundled default model")
+    p.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
+    p.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.out)
+
+
+# Each entry adds one subcommand's parser; keep them in the order `--help` should list them.
+_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_demo]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="unetseg",
+        description="U-Net family segmentation of CT, MRI and X-ray images (the UNetSegmentation core).",
+    )
+    parser.add_argument("--version", action="version", version=f"unetseg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in _SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `unetseg` and `python -m UNetSegmentationLib`; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is None:
+        parser.print_help()
+        return 0
+    return int(args.handler(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
