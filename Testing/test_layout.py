@@ -1,0 +1,172 @@
+"""Static checks of the extension's layout: what ships, what the catalog entry says, what start-up imports."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE_DIR = ROOT / "UNetSegmentation"
+LIB_DIR = MODULE_DIR / "UNetSegmentationLib"
+
+# Slicer/ExtensionsIndex schemas/slicer-extension-catalog-entry-schema-v1.0.2.json, its rules as they matter
+# here (draft-07, additionalProperties false), and the categories its checker script accepts that we might use.
+CATALOG_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["$schema", "category", "scm_url"],
+    "properties": {
+        "$schema": {"type": "string", "pattern": "slicer-extension-catalog-entry-schema-v1\\.0\\.2\\.json"},
+        "build_dependencies": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
+        "build_subdirectory": {"type": "string"},
+        "category": {"type": "string"},
+        "dicom_support_rule": {"type": "string"},
+        "enabled": {"type": "boolean"},
+        "scm_revision": {"type": "string"},
+        "scm_type": {"type": "string", "enum": ["git", "local"]},
+        "scm_url": {"type": "string", "pattern": "^(https://|git@|file://)"},
+        "tier": {"type": "integer", "minimum": 1, "maximum": 5},
+    },
+}
+ACCEPTED_CATEGORIES = {"Segmentation", "Registration", "Quantification", "Informatics", "Utilities", "Examples"}
+
+
+def cmake_list(text: str, variable: str) -> list[str]:
+    """Entries of `set(VARIABLE a b c)` in a CMake file, with ${MODULE_NAME} expanded."""
+    match = re.search(rf"set\({variable}\s+(.*?)\)", text, re.S)
+    assert match, f"{variable} is not set in the CMake file"
+    items = re.sub(r"#.*", "", match.group(1)).split()
+    return [item.replace("${MODULE_NAME}", "UNetSegmentation") for item in items]
+
+
+def cmake_set(text: str, variable: str) -> str:
+    """The value of a one-line `set(VARIABLE "value")`."""
+    match = re.search(rf'set\({variable}\s+"?([^")]*)"?\)', text)
+    assert match, f"{variable} is not set in CMakeLists.txt"
+    return match.group(1).strip()
+
+
+def module_cmake() -> str:
+    return (MODULE_DIR / "CMakeLists.txt").read_text()
+
+
+def test_every_python_file_is_listed_in_module_scripts():
+    listed = set(cmake_list(module_cmake(), "MODULE_PYTHON_SCRIPTS"))
+    present = {p.relative_to(MODULE_DIR).as_posix() for p in MODULE_DIR.rglob("*.py") if "__pycache__" not in p.parts}
+    assert present - listed == set(), "Python files missing from MODULE_PYTHON_SCRIPTS (they would not ship)"
+    assert listed - present == set(), "MODULE_PYTHON_SCRIPTS lists files that do not exist"
+
+
+def test_every_resource_is_listed_and_exists():
+    listed = set(cmake_list(module_cmake(), "MODULE_PYTHON_RESOURCES"))
+    resource_files = [p for p in (MODULE_DIR / "Resources").rglob("*") if p.is_file()]
+    resource_files += list((LIB_DIR / "schemas").glob("*.json"))
+    present = {p.relative_to(MODULE_DIR).as_posix() for p in resource_files}
+    assert present - listed == set(), "resources missing from MODULE_PYTHON_RESOURCES (they would not ship)"
+    assert listed - present == set(), "MODULE_PYTHON_RESOURCES lists files that do not exist"
+
+
+def test_module_cmake_builds_scripted_module_with_tests():
+    text = module_cmake()
+    assert "slicerMacroBuildScriptedModule" in text and "WITH_GENERIC_TESTS" in text
+    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+
+
+def test_extension_cmake_metadata():
+    text = (ROOT / "CMakeLists.txt").read_text()
+    assert re.search(r"project\(UNetSegmentation\)", text)
+    for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
+        assert cmake_set(text, f"EXTENSION_{key}"), f"EXTENSION_{key} is empty"
+    for line in ("find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})", "add_subdirectory(UNetSegmentation)",
+                 "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"):
+        assert line in text
+    assert (ROOT / "Resources" / "UNetSegmentation.png").is_file(), "extension icon is missing"
+    assert (ROOT / "LICENSE").is_file()
+
+
+def test_catalog_entry_validates_and_agrees_with_cmake():
+    entry_path = ROOT / "UNetSegmentation.json"
+    entry = json.loads(entry_path.read_text())
+    jsonschema.validate(entry, CATALOG_SCHEMA)
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    assert entry_path.stem == re.search(r"project\((\w+)\)", cmake).group(1), "JSON name must equal project()"
+    assert not entry_path.stem.startswith("Slicer"), "ExtensionsIndex refuses names starting with 'Slicer'"
+    assert entry["category"] in ACCEPTED_CATEGORIES
+    assert entry["category"] == cmake_set(cmake, "EXTENSION_CATEGORY")
+    depends = cmake_set(cmake, "EXTENSION_DEPENDS")
+    assert entry.get("build_dependencies", []) == ([] if depends == "NA" else depends.split())
+
+
+def _imports(tree: ast.AST, top_level_only: bool) -> set[str]:
+    nodes = tree.body if top_level_only else ast.walk(tree)
+    names = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_module_file_has_no_top_level_heavy_import():
+    tree = ast.parse((MODULE_DIR / "UNetSegmentation.py").read_text())
+    heavy = _imports(tree, top_level_only=True) & {"torch", "monai", "SimpleITK", "onnxruntime", "numpy"}
+    assert not heavy, f"UNetSegmentation.py imports {heavy} at module level; Slicer start-up must stay fast"
+
+
+def test_core_never_imports_qt_and_only_the_bridge_imports_slicer():
+    bridge_files = {"slicer_logic.py", "dependencies.py"}
+    for path in LIB_DIR.glob("*.py"):
+        names = _imports(ast.parse(path.read_text()), top_level_only=False)
+        assert not names & {"qt", "ctk", "PythonQt"}, f"{path.name} imports Qt; only UNetSegmentation.py may"
+        if path.name not in bridge_files:
+            assert not names & {"slicer", "vtk", "vtkmodules"}, f"{path.name} imports slicer/vtk"
+
+
+def _modules_loaded_by(statement: str) -> set[str]:
+    code = f"import sys; {statement}; print(','.join(sorted(m.split('.')[0] for m in sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    return set(out.stdout.strip().split(","))
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "import UNetSegmentationLib",
+        "import UNetSegmentationLib.image, UNetSegmentationLib.phantoms, UNetSegmentationLib.cli",
+        "from UNetSegmentationLib.cli import build_parser; build_parser()",
+    ],
+)
+def test_light_imports_do_not_load_torch_or_monai(statement):
+    loaded = _modules_loaded_by(statement)
+    assert not loaded & {"torch", "monai"}, f"`{statement}` loaded {loaded & {'torch', 'monai'}}"
+
+
+def test_slicer_bridge_import_does_not_load_torch():
+    pytest.importorskip("slicer", reason="slicer-core is not installed")
+    if not (LIB_DIR / "slicer_logic.py").exists():
+        pytest.skip("slicer_logic.py is not written yet")
+    loaded = _modules_loaded_by("import UNetSegmentationLib.slicer_logic")
+    assert not loaded & {"torch", "monai"}
+
+
+def test_widget_uses_only_names_defined_in_ui_file():
+    ui_path = MODULE_DIR / "Resources" / "UI" / "UNetSegmentation.ui"
+    ui_names = set(re.findall(r'<widget class="[^"]+" name="([^"]+)"', ui_path.read_text()))
+    code = (MODULE_DIR / "UNetSegmentation.py").read_text()
+    used = set(re.findall(r"self\.ui\.(\w+)", code))
+    assert used <= ui_names, f"widget names used in code but absent from the .ui: {sorted(used - ui_names)}"
+
+
+def test_unetseg_version_and_help():
+    out = subprocess.run([sys.executable, "-m", "UNetSegmentationLib", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("unetseg ")
+    out = subprocess.run([sys.executable, "-m", "UNetSegmentationLib", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "usage: unetseg" in out.stdout
