@@ -27,8 +27,31 @@ def _run_demo(args: argparse.Namespace) -> int:
     return run_demo(args.out)
 
 
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="fingerprint a training dataset and write nnU-Net-style plans (plans.json)")
+    p.add_argument("dataset", help="nnU-Net or MSD dataset folder, or a JSON/CSV list of image/label pairs")
+    p.add_argument("--gpu-memory-gb", type=float, default=8.0, help="training GPU memory budget (default: 8)")
+    p.add_argument("--out", default=None, help="plans file (default: DATASET/plans.json)")
+    p.set_defaults(handler=_run_plan)
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    from .datasets import DatasetError
+    from .planning import load_plans, plan_dataset
+
+    try:
+        path = plan_dataset(args.dataset, args.gpu_memory_gb, args.out)
+    except DatasetError as err:
+        print(err, file=sys.stderr)
+        return 2
+    for plan in load_plans(path).values():
+        print(plan.summary())
+    print(f"Plans written to {path}")
+    return 0
+
+
 # Each entry adds one subcommand's parser; keep them in the order `--help` should list them.
-_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_demo]
+_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_demo, _add_plan]
 
 
 def build_parser() -> argparse.ArgumentParser:

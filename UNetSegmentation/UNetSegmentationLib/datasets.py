@@ -29,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 
-from . import io
+from . import io, preprocessing
 from .image import Image
 from .planning import Plan
 
@@ -336,8 +337,7 @@ def load_cropped_case(case: Case, dataset: Dataset) -> CroppedCase:
                          f"{len(dataset.channel_names)} ({dataset.channel_names}). Run validate_dataset.")
     stack = np.stack([im.array.astype(np.float32, copy=False) for im in images])
     nonzero = np.any(stack != 0, axis=0)
-    bbox = _bbox(nonzero)
-    crop = tuple(slice(a, b) for a, b in bbox)
+    crop = preprocessing.nonzero_bbox(nonzero)
     return CroppedCase(
         name=case.name,
         images=np.ascontiguousarray(stack[(slice(None), *crop)]),
@@ -345,19 +345,8 @@ def load_cropped_case(case: Case, dataset: Dataset) -> CroppedCase:
         nonzero=nonzero[crop],
         spacing=images[0].spacing,
         shape_before_crop=images[0].shape,
-        bbox=bbox,
+        bbox=tuple((c.start, c.stop) for c in crop),
     )
-
-
-def _bbox(mask: np.ndarray) -> tuple[tuple[int, int], ...]:
-    """(start, stop) per axis of the True voxels; the whole array when there is none."""
-    if not mask.any():
-        return tuple((0, n) for n in mask.shape)
-    bounds = []
-    for axis in range(mask.ndim):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        bounds.append((int(hit[0]), int(hit[-1]) + 1))
-    return tuple(bounds)
 
 
 # ---------------------------------------------------------------------------------------------------- validation
@@ -498,13 +487,12 @@ def preprocess_case(cropped: CroppedCase, plan: Plan) -> PreprocessedCase:
     """Normalise at native resolution, then resample to the plan's spacing (nnU-Net's order of operations)."""
     if cropped.label is None:
         raise ValueError(f"Case {cropped.name!r} has no label map; training needs one.")
-    channels = [_normalize(ch, scheme, cropped.nonzero)
-                for ch, scheme in zip(cropped.images, plan.normalization, strict=True)]
+    channels = [preprocessing.normalize(ch, n["scheme"], n, cropped.nonzero if n.get("use_mask") else None)
+                for ch, n in zip(cropped.images, plan.normalization, strict=True)]
     target = _case_target_spacing(cropped.spacing, plan)
-    new_shape = tuple(max(1, round(n * s / t)) for n, s, t in
-                      zip(cropped.label.shape, cropped.spacing[::-1], target[::-1], strict=True))
-    image = _resample(np.stack(channels), new_shape)
-    label = _resample_label(_to_class_indices(cropped.label, plan.label_values), new_shape, plan.num_classes)
+    new_shape = preprocessing.target_shape(cropped.label.shape, cropped.spacing[::-1], target[::-1])
+    image = preprocessing.resample(torch.from_numpy(np.stack(channels)), new_shape, "cubic").numpy()
+    label = preprocessing.resample_labels(_to_class_indices(cropped.label, plan.label_values), new_shape)
     properties = {"original_spacing": list(cropped.spacing), "shape_before_crop": list(cropped.shape_before_crop),
                   "bbox": [list(b) for b in cropped.bbox], "shape_after_crop": list(cropped.label.shape)}
     return PreprocessedCase(cropped.name, image, label, target, _class_locations(label, cropped.name), properties)
@@ -515,47 +503,6 @@ def _case_target_spacing(spacing: tuple[float, float, float], plan: Plan) -> tup
     if plan.spatial_dims == 2:
         return (plan.target_spacing[0], plan.target_spacing[1], spacing[2])
     return tuple(plan.target_spacing)
-
-
-def _normalize(channel: np.ndarray, scheme: dict, nonzero: np.ndarray) -> np.ndarray:
-    """nnU-Net's CT scheme (clip to dataset percentiles, dataset z-score) or per-image z-score (maybe masked)."""
-    channel = channel.astype(np.float32, copy=True)
-    if scheme["scheme"] == "ct":
-        lo, hi = scheme["clip"]
-        np.clip(channel, lo, hi, out=channel)
-        return (channel - scheme["mean"]) / max(scheme["std"], 1e-8)
-    if scheme["scheme"] != "zscore":
-        raise ValueError(f"Unknown normalisation scheme {scheme['scheme']!r}; expected 'ct' or 'zscore'.")
-    if scheme.get("use_mask") and nonzero.any():
-        values = channel[nonzero]
-        out = np.zeros_like(channel)
-        out[nonzero] = (values - values.mean()) / max(float(values.std()), 1e-8)
-        return out
-    return (channel - channel.mean()) / max(float(channel.std()), 1e-8)
-
-
-def _resample(images: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Trilinear resampling of (C, z, y, x) to a new spatial shape (torch, as nnU-Net's torch resampler)."""
-    if images.shape[1:] == tuple(shape):
-        return images.astype(np.float32, copy=False)
-    import torch
-    import torch.nn.functional as F  # noqa: N812
-
-    tensor = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[None]
-    return F.interpolate(tensor, size=shape, mode="trilinear", align_corners=False)[0].numpy()
-
-
-def _resample_label(label: np.ndarray, shape: tuple[int, ...], num_classes: int) -> np.ndarray:
-    """Resample class indices by interpolating each class mask and taking the arg-max (no class is lost)."""
-    if label.shape == tuple(shape):
-        return label
-    best = np.full(shape, -1.0, dtype=np.float32)
-    out = np.zeros(shape, dtype=np.uint8)
-    for c in range(num_classes):
-        mask = _resample((label == c).astype(np.float32)[None], shape)[0]
-        better = mask > best
-        out[better], best[better] = c, mask[better]
-    return out
 
 
 def _to_class_indices(label: np.ndarray, label_values: Sequence[int]) -> np.ndarray:
