@@ -1,0 +1,182 @@
+"""Training augmentation pipelines: MONAI dictionary transforms with nnU-Net v2's probabilities and ranges.
+
+A sample is ``{"image": (C, *spatial) float tensor, "label": (1, *spatial) float tensor}`` cropped at
+`sampling_size(patch_size)` around the chosen centre; the spatial stage (rotation + scaling) resamples it to
+`patch_size`, so rotated corners are filled from real voxels instead of padding. Spatial transforms move image
+and label together (label with nearest-neighbour interpolation); intensity transforms touch the image only.
+
+nnU-Net v2 (``nnUNetTrainer.get_training_transforms``) draws rotation and scaling independently with p = 0.2
+each inside one spatial transform; MONAI's `RandAffined` has a single probability, so we apply both together
+with p = 1 − 0.8² = 0.36 (one resampling, the same chance that a patch is resampled at all).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from monai.transforms import (
+    CenterSpatialCropd,
+    Compose,
+    OneOf,
+    Rand2DElasticd,
+    Rand3DElasticd,
+    RandAdjustContrastd,
+    RandAffined,
+    RandFlipd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
+    RandScaleIntensityd,
+    RandScaleIntensityFixedMeand,
+    RandSimulateLowResolutiond,
+)
+
+# A patch whose largest in-plane edge exceeds 3× its slice count is trained with in-plane ("dummy 2D")
+# rotation and scaling only, as nnU-Net does for anisotropic data.
+_ANISOTROPY_THRESHOLD = 3.0
+# Zoom range of the spatial transform (grid scale: > 1 zooms out). nnU-Net: 0.7–1.4.
+_SCALE_RANGE = (0.7, 1.4)
+# The extra context cropped for zooming out is capped at this factor (nnU-Net's get_patch_size uses 1.25);
+# beyond it the border is padded with zeros.
+_CROP_SCALE = 1.25
+
+
+@dataclass(frozen=True)
+class SpatialParams:
+    """Rotation limits (radians, per MONAI rotation axis) and whether the patch is treated as dummy 2D."""
+
+    rotation: tuple[float, ...]
+    dummy_2d: bool
+
+
+def spatial_params(patch_size: Sequence[int]) -> SpatialParams:
+    """nnU-Net's rotation ranges for a patch: 3D ±30° about each axis, in-plane ±180° for anisotropic
+    (dummy-2D) patches, 2D ±180° (±15° when the patch's aspect ratio exceeds 1.5)."""
+    patch = tuple(int(p) for p in patch_size)
+    if len(patch) == 2:
+        limit = math.radians(15.0) if max(patch) / min(patch) > 1.5 else math.pi
+        return SpatialParams((limit,), dummy_2d=False)
+    if len(patch) != 3:
+        raise ValueError(f"patch_size must have 2 or 3 entries (y, x) or (z, y, x); got {patch}.")
+    if max(patch[1:]) / patch[0] > _ANISOTROPY_THRESHOLD:
+        return SpatialParams((math.pi, 0.0, 0.0), dummy_2d=True)
+    return SpatialParams((math.radians(30.0),) * 3, dummy_2d=False)
+
+
+def _rotation_matrix(angles: Sequence[float]) -> np.ndarray:
+    """Rotation matrix for MONAI's angles: one angle in 2D, intrinsic X→Y→Z rotations in 3D."""
+    if len(angles) == 1:
+        c, s = math.cos(angles[0]), math.sin(angles[0])
+        return np.array([[c, -s], [s, c]])
+    a, b, g = angles
+    rx = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
+    ry = np.array([[math.cos(b), 0, math.sin(b)], [0, 1, 0], [-math.sin(b), 0, math.cos(b)]])
+    rz = np.array([[math.cos(g), -math.sin(g), 0], [math.sin(g), math.cos(g), 0], [0, 0, 1]])
+    return rx @ ry @ rz
+
+
+def sampling_size(patch_size: Sequence[int]) -> tuple[int, ...]:
+    """The crop that contains every rotated and zoomed-out patch (like nnU-Net's ``get_patch_size``).
+
+    The bounding box of the rotated patch is evaluated at the corners of the angle range (and at multiples of
+    45° inside it), scaled by the zoom-out cap; each margin is rounded so that crop − patch is even, which
+    keeps the identity sampling grid on voxel centres.
+    """
+    patch = np.array([int(p) for p in patch_size], dtype=float)
+    params = spatial_params(patch_size)
+    extent = patch.copy()
+    candidates = []
+    for limit in params.rotation:
+        steps = [0.0, limit, -limit, *(k * math.pi / 4 for k in range(-4, 5) if abs(k * math.pi / 4) <= limit)]
+        candidates.append(sorted(set(steps)))
+    for angles in itertools.product(*candidates):
+        rotated = np.abs(_rotation_matrix(angles)) @ patch
+        extent = np.maximum(extent, rotated)
+    zoomed = np.full(len(patch), _CROP_SCALE)
+    if params.dummy_2d:
+        zoomed[0] = 1.0
+    extent = extent * zoomed
+    margin = np.ceil((extent - patch) / 2.0).astype(int)
+    return tuple(int(p + 2 * m) for p, m in zip(patch.astype(int), margin, strict=True))
+
+
+def _spatial_transform(patch_size: Sequence[int], params: SpatialParams) -> OneOf:
+    """Rotation + scaling resampled to the patch size (image bilinear, label nearest, zero padding), or
+    else the central patch cut out exactly (no resampling, no interpolation)."""
+    low, high = _SCALE_RANGE
+    scale = [(low - 1.0, high - 1.0)] * len(patch_size)
+    if params.dummy_2d:
+        scale[0] = (0.0, 0.0)
+    patch = tuple(int(p) for p in patch_size)
+    affine = RandAffined(
+        keys=("image", "label"),
+        spatial_size=patch,
+        prob=1.0,
+        rotate_range=[(-r, r) for r in params.rotation],
+        scale_range=scale,
+        mode=("bilinear", "nearest"),
+        padding_mode="zeros",
+    )
+    p_affine = 1.0 - 0.8**2
+    return OneOf([affine, CenterSpatialCropd(keys=("image", "label"), roi_size=patch)],
+                 weights=[p_affine, 1.0 - p_affine])
+
+
+def _elastic_transform(spatial_dims: int):
+    """Elastic deformation on the patch (opt-in; nnU-Net v2 disables it), displacing voxels by up to ~5.
+
+    3D uses nnU-Net v1's smoothed-noise field (sigma 9–13, magnitude 0–900); 2D MONAI's B-spline control grid
+    (16-pixel spacing, magnitude 0–2), which moves pixels by a similar amount.
+    """
+    if spatial_dims == 3:
+        elastic = Rand3DElasticd(keys=("image", "label"), sigma_range=(9.0, 13.0), magnitude_range=(0.0, 900.0),
+                                 prob=0.2, mode=("bilinear", "nearest"), padding_mode="reflection")
+    else:
+        elastic = Rand2DElasticd(keys=("image", "label"), spacing=(16.0, 16.0), magnitude_range=(0.0, 2.0),
+                                 prob=0.2, mode=("bilinear", "nearest"), padding_mode="reflection")
+    return elastic
+
+
+def _intensity_transforms(spatial_dims: int, dummy_2d: bool) -> list:
+    """Noise, blur, brightness, contrast, low-resolution simulation and gamma, on the image only."""
+    sigma = (0.5, 1.0)
+    smooth_z = (0.0, 0.0) if dummy_2d else sigma
+    return [
+        RandGaussianNoised(keys="image", prob=0.1, std=0.1),
+        RandGaussianSmoothd(keys="image", prob=0.2, sigma_x=sigma, sigma_y=sigma, sigma_z=smooth_z),
+        RandScaleIntensityd(keys="image", prob=0.15, factors=0.25),
+        RandScaleIntensityFixedMeand(keys="image", prob=0.15, factors=0.25, preserve_range=True),
+        RandSimulateLowResolutiond(
+            keys="image", prob=0.25, zoom_range=(0.5, 1.0),
+            upsample_mode="trilinear" if spatial_dims == 3 else "bilinear",
+        ),
+        RandAdjustContrastd(keys="image", prob=0.1, gamma=(0.7, 1.5), invert_image=True, retain_stats=True),
+        RandAdjustContrastd(keys="image", prob=0.3, gamma=(0.7, 1.5), retain_stats=True),
+    ]
+
+
+def build_train_transforms(
+    patch_size: Sequence[int],
+    *,
+    elastic: bool = False,
+    intensity: bool = True,
+    mirror_axes: Sequence[int] | None = None,
+) -> Compose:
+    """The training pipeline for crops of `sampling_size(patch_size)`: spatial (rotation/scaling, optional
+    elastic), intensity (image only), then mirroring along `mirror_axes` (default: every spatial axis).
+
+    Seed it per sample with ``pipeline.set_random_state(seed)`` for reproducible, order-independent patches.
+    """
+    params = spatial_params(patch_size)
+    spatial_dims = len(patch_size)
+    stages: list = [_spatial_transform(patch_size, params)]
+    if elastic:
+        stages.append(_elastic_transform(spatial_dims))
+    if intensity:
+        stages.extend(_intensity_transforms(spatial_dims, params.dummy_2d))
+    axes = range(spatial_dims) if mirror_axes is None else mirror_axes
+    stages.extend(RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=int(a)) for a in axes)
+    return Compose(stages)
