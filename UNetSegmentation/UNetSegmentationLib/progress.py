@@ -34,10 +34,12 @@ class ProgressEmitter:
         self._lock = threading.Lock()
         self.stage = ""
 
-    def __call__(self, fraction: float | None, stage: str, message: str | None = None) -> None:
-        """Report that ``stage`` is ``fraction`` done (clamped to 0–1; ``None`` when unknown)."""
+    def __call__(self, fraction: float | None, stage: str, message: str | None = None, **fields: Any) -> None:
+        """Report that ``stage`` is ``fraction`` done (clamped to 0–1; ``None`` when unknown); extra ``fields``
+        (e.g. the trainer's epoch, losses, validation Dice, ETA) are added to the event."""
         self.stage = stage
-        self._write({"type": "progress", "stage": stage, "fraction": _clamp(fraction), "message": message})
+        self._write({"type": "progress", "stage": stage, "fraction": _clamp(fraction), "message": message,
+                     **fields})
 
     def log(self, message: str, stage: str | None = None) -> None:
         """A line for the log box."""
