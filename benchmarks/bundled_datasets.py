@@ -98,33 +98,32 @@ def _remap(label: sitk.Image, mapping: dict[int, int]) -> sitk.Image:
 
 
 def write_dataset(folder: Path, bundle: Bundle, train: list[Case], heldout: list[Case]) -> Path:
-    """Write an nnU-Net v2 raw folder (+ imagesTs/labelsTs for held-out cases); replaces `folder`.
+    """Write an nnU-Net v2 raw folder (the project's writer) plus imagesTs/labelsTs and provenance keys.
 
-    Written by hand: nnU-Net's own writer would pull in nnunetv2 for a 20-line job.
+    Replaces `folder`; the extra dataset.json keys (licence, label colours and terminology, how the held-out
+    cases were made) are ignored by nnU-Net and read by `bundled_models.py`.
     """
+    from UNetSegmentationLib.datasets import ensure_valid, write_nnunet_dataset
+    from UNetSegmentationLib.image import Image
+
     if folder.exists():
         shutil.rmtree(folder)
-    for split, cases in (("Tr", train), ("Ts", heldout)):
-        for case in cases:
-            (folder / f"images{split}").mkdir(parents=True, exist_ok=True)
-            (folder / f"labels{split}").mkdir(parents=True, exist_ok=True)
-            sitk.WriteImage(case.image, str(folder / f"images{split}" / f"{case.name}_0000.nii.gz"), True)
-            sitk.WriteImage(case.label, str(folder / f"labels{split}" / f"{case.name}.nii.gz"), True)
-    dataset = {
-        "name": bundle.name,
-        "description": bundle.title,
-        "channel_names": {"0": bundle.channel},
-        "labels": {"background": 0, **{label.name: label.value for label in bundle.labels}},
-        "numTraining": len(train),
-        "file_ending": ".nii.gz",
-        "licence": bundle.licence,
-        "reference": bundle.attribution,
-        "source": bundle.source,
-        "training_data": bundle.training_data,
-        "heldout_data": bundle.heldout_data,
-        "label_details": [label.to_dict() for label in bundle.labels],
-    }
-    (folder / "dataset.json").write_text(json.dumps(dataset, indent=2) + "\n")
+    dataset = write_nnunet_dataset(
+        folder, [([Image.from_sitk(c.image)], Image.from_sitk(c.label)) for c in train], [bundle.channel],
+        {label.value: label.name for label in bundle.labels}, names=[c.name for c in train],
+    )
+    ensure_valid(dataset)
+    for case in heldout:
+        for sub, img, file in (("imagesTs", case.image, f"{case.name}_0000"), ("labelsTs", case.label, case.name)):
+            (folder / sub).mkdir(exist_ok=True)
+            sitk.WriteImage(img, str(folder / sub / f"{file}.nii.gz"), True)
+    doc = json.loads((folder / "dataset.json").read_text())
+    doc.update(
+        name=bundle.name, description=bundle.title, licence=bundle.licence, reference=bundle.attribution,
+        source=bundle.source, training_data=bundle.training_data, heldout_data=bundle.heldout_data,
+        label_details=[label.to_dict() for label in bundle.labels],
+    )
+    (folder / "dataset.json").write_text(json.dumps(doc, indent=2) + "\n")
     return folder
 
 
