@@ -264,7 +264,7 @@ def _labels_in_files(cases: list[Case]) -> dict[int, str]:
     for case in cases:
         if case.label_path is not None and case.label_path.is_file():
             values.update(int(v) for v in np.unique(io.read_label_image(case.label_path).image.array))
-    return {v: f"label_{v}" for v in sorted(values)}
+    return {v: f"label_{v}" for v in sorted(values - {0})}
 
 
 def _default_channels(cases: list[Case], modality: str | None) -> list[str]:
