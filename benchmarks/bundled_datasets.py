@@ -247,8 +247,8 @@ def _perturbed(t1: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (noisy * rng.uniform(200, 1500)).astype(np.float32)
 
 
-def build_brain(data: Path, _out: Path) -> tuple[list[Case], list[Case]]:
-    """MNI152 2009a T1 at 2 mm, GM/WM from its probability maps (threshold 0.5), with intensity-perturbed copies."""
+def brain_template(data: Path) -> tuple[sitk.Image, sitk.Image]:
+    """The MNI152 2009a T1 at 2 mm and its GM/WM label map (probability maps resampled, then thresholded)."""
     t1 = _resample_iso(_read(data / MNI / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"), BRAIN_SPACING,
                        sitk.sitkLinear)
     gm, wm = (
@@ -258,6 +258,12 @@ def build_brain(data: Path, _out: Path) -> tuple[list[Case], list[Case]]:
     )
     label = sitk.GetImageFromArray(brain_tissue_label(gm, wm))
     label.CopyInformation(t1)
+    return t1, label
+
+
+def build_brain(data: Path, _out: Path) -> tuple[list[Case], list[Case]]:
+    """MNI152 2009a T1 at 2 mm, GM/WM from its probability maps (threshold 0.5), with intensity-perturbed copies."""
+    t1, label = brain_template(data)
     t1_array = sitk.GetArrayFromImage(t1)
 
     def case(name: str, array: np.ndarray) -> Case:
@@ -341,21 +347,28 @@ def drr(ct: sitk.Image, lobes: sitk.Image, degrees: float) -> Case:
 
 def build_xray(data: Path, _out: Path) -> tuple[list[Case], list[Case]]:
     """DRRs of TotalSegmentator's example CT at several rotations; two unseen rotations held out (same CT)."""
-    ct = _read(data / TS / "example_ct.nii.gz", sitk.sitkFloat32)
-    seg = _read(data / TS / "example_seg_fast_force_split.nii.gz", sitk.sitkUInt16)
-    lobes = _remap(seg, {old: new for new, olds in _LUNG_IDS.items() for old in olds})
+    ct, lobes = _read(data / TS / "example_ct.nii.gz"), _lung_lobes(data)
     return [drr(ct, lobes, a) for a in XR_TRAIN_ANGLES], [drr(ct, lobes, a) for a in XR_HELDOUT_ANGLES]
 
 
-def write_xray_sample(data: Path, sample_dir: Path = SAMPLE_DIR) -> tuple[Path, Path]:
-    """Save the held-out DRR at XR_SAMPLE_ANGLE and its lung label as 2D NRRD files in the sample folder."""
-    ct = _read(data / TS / "example_ct.nii.gz", sitk.sitkFloat32)
+def _lung_lobes(data: Path) -> sitk.Image:
     seg = _read(data / TS / "example_seg_fast_force_split.nii.gz", sitk.sitkUInt16)
-    case = drr(ct, _remap(seg, {old: new for new, olds in _LUNG_IDS.items() for old in olds}), XR_SAMPLE_ANGLE)
-    paths = (sample_dir / "xr_drr_lungs.nrrd", sample_dir / "xr_drr_lungs_seg.nrrd")
-    for img, path in zip((case.image, case.label), paths, strict=True):
-        sitk.WriteImage(img[:, :, 0], str(path), True)
-    return paths
+    return _remap(seg, {old: new for new, olds in _LUNG_IDS.items() for old in olds})
+
+
+def write_samples(data: Path, sample_dir: Path = SAMPLE_DIR) -> list[Path]:
+    """(Re)write the generated samples: the DRR at XR_SAMPLE_ANGLE (2D NRRD) and the 2 mm MNI152 T1 (NIfTI)."""
+    case = drr(_read(data / TS / "example_ct.nii.gz"), _lung_lobes(data), XR_SAMPLE_ANGLE)
+    t1, tissue = brain_template(data)
+    files = [
+        (case.image[:, :, 0], "xr_drr_lungs.nrrd"),
+        (case.label[:, :, 0], "xr_drr_lungs_seg.nrrd"),
+        (sitk.Cast(sitk.Clamp(sitk.Round(t1), sitk.sitkFloat32, 0, 255), sitk.sitkUInt8), "mni152_t1_2mm.nii.gz"),
+        (tissue, "mni152_t1_2mm_tissue.nii.gz"),
+    ]
+    for img, name in files:
+        sitk.WriteImage(img, str(sample_dir / name), True)
+    return [sample_dir / name for _, name in files]
 
 
 # ------------------------------------------------------------------------------------------------ registry
@@ -431,15 +444,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help=f"which folders (default all: {', '.join(BUNDLES)})")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the dataset folders")
-    parser.add_argument("--xray-sample", action="store_true", help="also (re)write the X-ray sample in SampleData")
+    parser.add_argument("--samples", action="store_true", help="also (re)write the generated samples in SampleData")
     args = parser.parse_args(argv)
     for name in args.names or BUNDLES:
         folder = build(name, args.data, args.out)
         ds = json.loads((folder / "dataset.json").read_text())
         print(f"{name}: {folder} ({ds['numTraining']} training cases, "
               f"{len(list((folder / 'imagesTs').glob('*.nii.gz')))} held out)")
-    if args.xray_sample:
-        print("X-ray sample:", *write_xray_sample(args.data))
+    if args.samples:
+        print("Samples:", *write_samples(args.data))
     return 0
 
 

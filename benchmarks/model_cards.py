@@ -27,7 +27,7 @@ README = REPO_ROOT / "README.md"
 TOLERANCE = 0.02
 START, END = "<!-- models:start -->", "<!-- models:end -->"
 TRAINING_ONLY = "training-set Dice only; not a measure of generalisation"
-KINDS = ("heldout", "training", "sample")
+KINDS = ("heldout", "robustness", "training", "sample")
 
 
 def sample_pairs(name: str) -> list[tuple[list[Path], Path]]:

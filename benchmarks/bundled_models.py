@@ -1,0 +1,214 @@
+"""Train the bundled models with the project's own trainer and write them, with their cards, into the repository.
+
+For each model in `MODELS`: build its training folder (`bundled_datasets.py`), run `unetseg train` on the CPU
+within the stated time budget, measure its Dice on the held-out cases (where any exist), on the training cases
+and on its bundled sample, store the weights in half precision when that costs no accuracy, and write the
+package to ``UNetSegmentation/Resources/Models/<name>/`` with provenance (data, licence, cases, the exact
+training command, CPU time) and those metrics. Finally each sample in samples.json gets its model.
+
+    python benchmarks/bundled_models.py [NAME ...] [--data-root /work/bundled-data] [--budget-scale 1.0]
+
+Run one model at a time on a shared machine; the whole set takes about half an hour on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import re
+import resource
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bundled_datasets  # sibling scripts
+import model_cards
+
+HALF_TOLERANCE = 0.01  # fp16 storage is kept when it changes no mean Dice by more than this
+SIZE_LIMIT_MB = 40.0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How one bundled model is trained and checked."""
+
+    name: str
+    variant: str
+    minutes: float
+    train_args: tuple[str, ...] = ()
+    sample: str | None = None  # the bundled sample it segments (samples.json "model" is set to it)
+    sample_labels: tuple[str, ...] | None = None  # labels the sample's reference holds (default: all)
+    heldout_labels: tuple[str, ...] | None = None  # labels the held-out references hold (default: all)
+    heldout_is_generalisation: bool = True
+
+
+MODELS = {
+    m.name: m
+    for m in (
+        ModelSpec("ct-spleen", "unet", 5, ("--width", "0.25"), sample="spleen2"),
+        ModelSpec("ct-abdomen-fast", "nnunet", 8, ("--width", "0.25"), heldout_labels=("spleen",)),
+        ModelSpec("mr-spinalcord-t2", "attention_unet", 5, ("--width", "0.25"), sample="spinalcord_t2"),
+        ModelSpec("mr-brain-tissue-t1", "unet", 6, ("--width", "0.25"), sample="mni152_t1_2mm",
+                  heldout_is_generalisation=False),
+        ModelSpec("xr-lungs-drr", "unet", 4, ("--width", "0.25"), sample="xr_drr_lungs"),
+    )
+}
+
+
+def train_command(spec: ModelSpec, dataset: Path, out: Path, minutes: float) -> list[str]:
+    """The `unetseg train` command line for one model (CPU, fixed seed, time budget)."""
+    return ["unetseg", "train", str(dataset), "--variant", spec.variant, "--out", str(out), "--device", "cpu",
+            "--seed", "0", "--time-budget", f"{minutes:g}", *spec.train_args]
+
+
+def run_training(cmd: list[str], log: Path) -> tuple[float, float]:
+    """Run the trainer as a child process (log to `log`); return its CPU seconds and wall seconds."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    with log.open("w") as out:
+        proc = subprocess.run([sys.executable, "-m", "UNetSegmentationLib", *cmd[1:]], stdout=out,
+                              stderr=subprocess.STDOUT, check=False)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise RuntimeError(f"Training failed (exit {proc.returncode}); see {log}:\n{log.read_text()[-3000:]}")
+    return after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, wall
+
+
+def _cases(folder: Path, split: str, data_root: Path) -> list[dict]:
+    """The cases of a training folder's split ("Tr" or "Ts"), as paths relative to the data root."""
+    labels = sorted((folder / f"labels{split}").glob("*.nii.gz"))
+    return [{"images": [str((folder / f"images{split}" / f"{lab.name[:-7]}_0000.nii.gz").relative_to(data_root))],
+             "label": str(lab.relative_to(data_root))} for lab in labels]
+
+
+def measure_all(package, spec: ModelSpec, folder: Path, data_root: Path, shared: Path) -> dict:
+    """The card's metrics entries: held-out (or robustness), training set, and the bundled sample."""
+    doc = json.loads((folder / "dataset.json").read_text())
+    names = [label.name for label in package.labels]
+    metrics = {}
+    heldout = _cases(folder, "Ts", data_root)
+    if heldout:
+        labels = list(spec.heldout_labels or names)
+        dice = model_cards.measure(package, {"cases": heldout, "dice": dict.fromkeys(labels)}, data_root, shared)
+        kind = "heldout" if spec.heldout_is_generalisation else "robustness"
+        metrics[kind] = model_cards.metric_entry(doc["heldout_data"], dice, cases=heldout)
+    training = _cases(folder, "Tr", data_root)
+    dice = model_cards.measure(package, {"cases": training, "dice": dict.fromkeys(names)}, data_root, shared)
+    metrics["training"] = model_cards.metric_entry(model_cards.TRAINING_ONLY, dice, cases=training)
+    if spec.sample:
+        labels = list(spec.sample_labels or names)
+        dice = model_cards.measure(package, {"sample": spec.sample, "dice": dict.fromkeys(labels)}, data_root, shared)
+        metrics["sample"] = model_cards.metric_entry(f"bundled sample {spec.sample}", dice, sample=spec.sample)
+    return metrics
+
+
+def card(trained, spec: ModelSpec, folder: Path, command: str, cpu_s: float, wall_s: float) -> dict:
+    """The bundled manifest: the trainer's, with our name, labels (colours, terminology) and provenance."""
+    doc = json.loads((folder / "dataset.json").read_text())
+    manifest = json.loads(json.dumps(trained.manifest))
+    manifest.update(name=spec.name, version="1.0", description=f"{doc['description']}. Trained by "
+                    f"benchmarks/bundled_models.py with `unetseg train` on the CPU. Data: {doc['training_data']}.",
+                    labels=doc["label_details"])
+    trainer_metrics = manifest.get("provenance", {}).get("metrics")
+    manifest["provenance"] = {
+        **manifest.get("provenance", {}),
+        "training_data": doc["training_data"],
+        "heldout_data": doc["heldout_data"],
+        "data_folder": f"../shared/data/{doc['source']}",
+        "licence": doc["licence"],
+        "attribution": doc["reference"],
+        "cases": doc["numTraining"],
+        "date": datetime.date.today().isoformat(),
+        "command": command,
+        "cpu_time_s": round(cpu_s, 1),
+        "wall_time_s": round(wall_s, 1),
+        "trainer_validation": trainer_metrics,
+    }
+    return manifest
+
+
+def choose_precision(trained, manifest: dict, spec: ModelSpec, folder: Path, data_root: Path, shared: Path,
+                     work: Path):
+    """Save fp32 and fp16 versions and measure both; fp16 unless it loses accuracy. Returns (metrics, half, state)."""
+    from UNetSegmentationLib.package import load_state_dict, save_package
+
+    state = load_state_dict(trained)
+    packages = {}
+    for half in (False, True):
+        pkg = save_package(work / f"half{int(half)}" / spec.name, manifest, state, half=half)
+        packages[half] = (pkg, measure_all(pkg, spec, folder, data_root, shared))
+    full, half = packages[False][1], packages[True][1]
+    lossless = all(abs(full[k]["mean_dice"] - half[k]["mean_dice"]) <= HALF_TOLERANCE for k in full)
+    for label, m in (("fp32", full), ("fp16", half)):
+        print(f"  {label}: " + ", ".join(f"{k} {v['mean_dice']:.3f}" for k, v in m.items()))
+    print(f"  -> stored as {'fp16' if lossless else 'fp32'}")
+    return packages[lossless][1], lossless, state
+
+
+def bundle_model(spec: ModelSpec, data_root: Path, shared: Path, budget_scale: float, log_dir: Path) -> Path:
+    """Train, measure and write one bundled model; returns its package folder in the repository."""
+    from UNetSegmentationLib.package import load_package, save_package
+
+    folder = bundled_datasets.build(spec.name, shared, data_root)
+    minutes = round(spec.minutes * budget_scale, 2)
+    with tempfile.TemporaryDirectory(prefix=f"bundle-{spec.name}-") as tmp:
+        work = Path(tmp)
+        cmd = train_command(spec, folder, work / "trained", minutes)
+        print(f"{spec.name}: {shlex.join(cmd)}")
+        cpu_s, wall_s = run_training(cmd, log_dir / f"train-{spec.name}.log")
+        shown = (f"python benchmarks/bundled_datasets.py {spec.name} --out bundled-data && "
+                 + shlex.join(train_command(spec, Path("bundled-data") / spec.name, Path(spec.name), minutes)))
+        trained = load_package(work / "trained")
+        manifest = card(trained, spec, folder, shown, cpu_s, wall_s)
+        metrics, half, state = choose_precision(trained, manifest, spec, folder, data_root, shared, work)
+        manifest["provenance"]["metrics"] = metrics
+        manifest["provenance"]["weights_precision"] = "float16" if half else "float32"
+        target = model_cards.MODELS_DIR / spec.name
+        if target.exists():
+            shutil.rmtree(target)
+        save_package(target, manifest, state, half=half)
+    print(f"  wrote {target} ({sum(f.stat().st_size for f in target.iterdir()) / 1e6:.1f} MB, "
+          f"CPU {cpu_s / 60:.1f} min, wall {wall_s / 60:.1f} min): {json.dumps(metrics)}")
+    return target
+
+
+def link_samples() -> None:
+    """Set each sample's "model" in samples.json to the bundled model that segments it (when it exists)."""
+    path = bundled_datasets.SAMPLE_DIR / "samples.json"
+    doc = json.loads(path.read_text())
+    owners = {m.sample: m.name for m in MODELS.values() if m.sample and (model_cards.MODELS_DIR / m.name).is_dir()}
+    for sample in doc["samples"]:
+        sample["model"] = owners.get(sample["name"], sample.get("model"))
+    text = json.dumps(doc, indent=2, ensure_ascii=False)
+    path.write_text(re.sub(r'\[\n\s+("[^"\n]*")\n\s+\]', r"[\1]", text) + "\n")  # one-file lists on one line
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help=f"which models (default all: {', '.join(MODELS)})")
+    parser.add_argument("--data-root", type=Path, default=bundled_datasets.DEFAULT_OUT)
+    parser.add_argument("--shared-data", type=Path, default=bundled_datasets.DEFAULT_DATA)
+    parser.add_argument("--budget-scale", type=float, default=1.0, help="multiply every time budget")
+    parser.add_argument("--log-dir", type=Path, default=Path(tempfile.gettempdir()))
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.names if n not in MODELS]
+    if unknown:
+        parser.error(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
+    for name in args.names or MODELS:
+        bundle_model(MODELS[name], args.data_root, args.shared_data, args.budget_scale, args.log_dir)
+    link_samples()
+    total = sum(f.stat().st_size for f in model_cards.MODELS_DIR.rglob("*") if f.is_file()) / 1e6
+    print(f"All bundled models: {total:.1f} MB (limit {SIZE_LIMIT_MB:g} MB).")
+    return 0 if total <= SIZE_LIMIT_MB else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
