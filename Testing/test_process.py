@@ -59,7 +59,10 @@ def test_without_the_package_folder_on_the_path_the_bare_python_fails(bare_pytho
 
 
 def test_events_arrive_in_order_with_stderr_and_exit_code(tmp_path):
-    _write_module(tmp_path, "fakejob", """
+    _write_module(
+        tmp_path,
+        "fakejob",
+        """
         import sys
         from UNetSegmentationLib.progress import ProgressEmitter
         emit = ProgressEmitter()
@@ -68,7 +71,8 @@ def test_events_arrive_in_order_with_stderr_and_exit_code(tmp_path):
         print("a warning", file=sys.stderr, flush=True)
         emit.result(output="seg.nrrd")
         sys.exit(3)
-    """)
+    """,
+    )
     proc = BackgroundProcess([], pythonpath=[PACKAGE_ROOT, tmp_path], module="fakejob", cwd=tmp_path)
     assert proc.returncode is None and not proc.running
     assert proc.start().wait(60) == 3
@@ -103,13 +107,17 @@ def test_poll_does_not_block_and_wait_times_out(tmp_path):
 
 @pytest.mark.skipif(sys.platform == "win32", reason="zombie check reads /proc; Windows uses taskkill /T")
 def test_cancel_kills_the_child_and_its_grandchild(tmp_path):
-    _write_module(tmp_path, "spawner", """
+    _write_module(
+        tmp_path,
+        "spawner",
+        """
         import subprocess, sys, time
         from UNetSegmentationLib.progress import ProgressEmitter
         grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
         ProgressEmitter().result(grandchild=grandchild.pid)
         time.sleep(120)
-    """)
+    """,
+    )
     proc = BackgroundProcess([], pythonpath=[PACKAGE_ROOT, tmp_path], module="spawner").start()
     events = _events_until(proc, lambda e: e["type"] == "result")
     grandchild = next(e["grandchild"] for e in events if e["type"] == "result")

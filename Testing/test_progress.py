@@ -48,4 +48,3 @@ def test_foreign_lines_become_log_events_and_blank_lines_are_skipped():
     assert parse_progress_line('{"no": "type"}') == {"type": "log", "message": '{"no": "type"}'}
     assert parse_progress_line("[1, 2]") == {"type": "log", "message": "[1, 2]"}
     assert parse_progress_line("   \n") is None
-

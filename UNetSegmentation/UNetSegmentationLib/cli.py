@@ -50,8 +50,42 @@ def _run_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the model catalog (bundled and user models), or import a model")
+    p.add_argument("--modality", type=str.upper, choices=["CT", "MR", "XR"], help="only models for this modality")
+    p.add_argument("--variant", help="only models of this network variant (e.g. unet, nnunet)")
+    p.add_argument("--details", action="store_true", help="inputs, labels, preprocessing and provenance")
+    p.set_defaults(handler=_run_models)
+    actions = p.add_subparsers(dest="models_command", metavar="ACTION")
+    imp = actions.add_parser("import", help="validate a model (zip or folder) and copy it to the user models")
+    imp.add_argument("path", help="model .zip or folder holding model.json and its weights")
+    imp.add_argument("--replace", action="store_true", help="replace a model of the same name")
+    imp.set_defaults(handler=_run_models_import)
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from .catalog import Catalog
+
+    print(Catalog().listing(args.modality, args.variant, args.details))
+    return 0
+
+
+def _run_models_import(args: argparse.Namespace) -> int:
+    from .catalog import Catalog
+    from .package import PackageError
+
+    catalog = Catalog()
+    try:
+        name = catalog.import_model(args.path, replace=args.replace)
+    except PackageError as err:
+        print(err, file=sys.stderr)
+        return 2
+    print(f"Imported model {name} into {catalog.user_dir / name}")
+    return 0
+
+
 # Each entry adds one subcommand's parser; keep them in the order `--help` should list them.
-_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_demo, _add_plan]
+_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_demo, _add_plan, _add_models]
 
 
 def build_parser() -> argparse.ArgumentParser:
