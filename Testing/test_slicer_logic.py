@@ -26,6 +26,7 @@ from UNetSegmentationLib import slicer_logic  # noqa: E402  (needs slicer)
 from UNetSegmentationLib.slicer_logic import UNetSegmentationLogic  # noqa: E402
 
 TESTING_DIR = Path(__file__).resolve().parent
+CT_SHAPE = (12, 32, 28)  # the smallest CT phantom in which every label is present
 TERMINOLOGY = (
     "Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical Structure"
     "~SCT^78961009^Spleen~^^~Anatomic codes - DICOM master list~^^~^^"
@@ -132,7 +133,8 @@ def work_leftovers(tmp_path: Path) -> list[Path]:
 
 
 def test_segment_oblique_flipped_anisotropic_volume_matches_predictor_output(scene, fake, tmp_path):
-    image, labels = phantoms.ct_phantom(shape=(10, 24, 20))
+    image, labels = phantoms.ct_phantom(shape=CT_SHAPE)
+    assert set(np.unique(labels.array)) == {0, 1, 2, 3, 4}
     volume = add_volume(image, "CT phantom")
     sh, study = put_in_study(volume)
     logic = fake("echo", labels.array)
@@ -188,14 +190,14 @@ def test_inputs_on_different_grids_are_refused_before_running(scene, fake):
 
 
 def test_show_in_3d_creates_closed_surface(scene, fake):
-    image, labels = phantoms.ct_phantom(shape=(10, 24, 20))
+    image, labels = phantoms.ct_phantom(shape=CT_SHAPE)
     volume = add_volume(image, "CT")
     seg = fake("echo", labels.array).segment(volume, "fake-model", showIn3D=True)
     assert seg.GetSegmentation().ContainsRepresentation("Closed surface")
 
 
 def test_absent_label_gets_an_empty_segment(scene, fake):
-    image, labels = phantoms.ct_phantom(shape=(10, 24, 20))
+    image, labels = phantoms.ct_phantom(shape=CT_SHAPE)
     volume = add_volume(image, "CT")
     without_lesion = np.where(labels.array == 2, 1, labels.array).astype(np.uint8)
     seg = fake("echo", without_lesion).segment(volume, "fake-model")
@@ -207,7 +209,7 @@ def test_absent_label_gets_an_empty_segment(scene, fake):
 
 
 def test_replacing_segments_keeps_the_users_other_segments(scene, fake):
-    image, labels = phantoms.ct_phantom(shape=(10, 24, 20))
+    image, labels = phantoms.ct_phantom(shape=CT_SHAPE)
     volume = add_volume(image, "CT")
     logic = fake("echo", labels.array)
     seg = logic.segment(volume, "fake-model")
@@ -244,7 +246,7 @@ def test_user_made_segment_with_a_model_label_name_counts_as_edited(scene, fake)
 
 
 def test_failed_run_reports_the_childs_error_and_leaves_scene_unchanged(scene, fake, tmp_path):
-    image, _ = phantoms.ct_phantom(shape=(10, 24, 20))
+    image, _ = phantoms.ct_phantom(shape=CT_SHAPE)
     volume = add_volume(image, "CT")
     put_in_study(volume)
     before = scene_state()
@@ -255,7 +257,7 @@ def test_failed_run_reports_the_childs_error_and_leaves_scene_unchanged(scene, f
 
 
 def test_result_on_another_grid_is_not_imported(scene, fake, tmp_path):
-    image, labels = phantoms.ct_phantom(shape=(10, 24, 20))
+    image, labels = phantoms.ct_phantom(shape=CT_SHAPE)
     volume = add_volume(image, "CT")
     existing = fake("echo", labels.array).segment(volume, "fake-model")
     before = scene_state()
@@ -266,7 +268,7 @@ def test_result_on_another_grid_is_not_imported(scene, fake, tmp_path):
 
 
 def test_cancel_kills_the_run_and_leaves_scene_unchanged(scene, fake, tmp_path):
-    image, _ = phantoms.ct_phantom(shape=(10, 24, 20))
+    image, _ = phantoms.ct_phantom(shape=CT_SHAPE)
     volume = add_volume(image, "CT")
     put_in_study(volume)
     before = scene_state()
@@ -285,7 +287,7 @@ def test_cancel_kills_the_run_and_leaves_scene_unchanged(scene, fake, tmp_path):
 
 
 def test_import_error_rolls_back_a_new_node(scene, fake, monkeypatch):
-    image, labels = phantoms.ct_phantom(shape=(10, 24, 20))
+    image, labels = phantoms.ct_phantom(shape=CT_SHAPE)
     volume = add_volume(image, "CT")
     before = scene_state()
 
@@ -351,3 +353,75 @@ def test_rgb_volume_is_segmented_as_luminance(scene, fake, tmp_path):
     mean = json.loads((tmp_path / "record.json").read_text())["means"][0]
     assert mean == pytest.approx(image.array.mean(), rel=1e-4)
     np.testing.assert_array_equal(segment_mask(seg, "left lung", grey), labels.array == 2)
+
+
+# --- evaluation and training data ----------------------------------------------------------------------
+
+
+def test_evaluate_fills_a_table_per_shared_segment_name(scene, fake):
+    image, labels = phantoms.ct_phantom(shape=CT_SHAPE)
+    volume = add_volume(image, "CT")
+    logic = fake("echo", labels.array)
+    reference = logic.segment(volume, "fake-model")
+    shrunk = np.where((labels.array == 1) & (np.arange(labels.array.shape[2]) < 14), 0, labels.array).astype(np.uint8)
+    prediction = fake("echo", shrunk).segment(volume, "fake-model")
+
+    table = logic.evaluate(prediction, reference)
+
+    names = [table.GetCellText(r, 0) for r in range(table.GetNumberOfRows())]
+    assert names == [lb.name for lb in CT_LABELS]
+    dice_column = [table.GetTable().GetColumnByName("dice").GetValue(r) for r in range(table.GetNumberOfRows())]
+    expected_organ = 2 * (shrunk == 1).sum() / ((shrunk == 1).sum() + (labels.array == 1).sum())
+    assert dice_column[0] == pytest.approx(expected_organ)
+    assert dice_column[1:] == pytest.approx([1.0, 1.0, 1.0])
+    assert table.GetTable().GetColumnByName("hd95") is not None
+    assert table.GetColumnUnitLabel("hd95") == "mm"
+
+
+def test_evaluate_without_common_names_says_so(scene, fake):
+    volume = add_volume(phantoms.ct_phantom(shape=(6, 12, 10))[0], "CT")
+    a = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "a")
+    a.GetSegmentation().AddEmptySegment("", "liver")
+    b = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "b")
+    b.GetSegmentation().AddEmptySegment("", "spleen")
+    with pytest.raises(ValueError, match="share no segment name"):
+        fake().evaluate(a, b, volume)
+
+
+def test_export_training_cases_writes_an_nnunet_dataset(scene, fake, tmp_path):
+    import SimpleITK as sitk
+
+    logic = fake()
+    cases = []
+    for seed in (0, 1):
+        image, labels = phantoms.ct_phantom(shape=CT_SHAPE, seed=seed)
+        volume = add_volume(image, f"CT {seed}")
+        seg = fake("echo", labels.array).segment(volume, "fake-model")
+        cases.append((seg, volume, labels.array))
+    cases[1][0].GetSegmentation().RemoveSegment(cases[1][0].GetSegmentation().GetSegmentIdBySegmentName("organ"))
+
+    folder = logic.exportTrainingCases([c[0] for c in cases], tmp_path / "dataset")
+
+    dataset = json.loads((folder / "dataset.json").read_text())
+    assert dataset["labels"] == {"background": 0, "organ": 1, "lesion": 2, "lung": 3, "bone": 4}
+    assert dataset["channel_names"] == {"0": "CT"} and dataset["numTraining"] == 2
+    for index, (_, volume, expected) in enumerate(cases):
+        image = sitk.ReadImage(str(folder / "imagesTr" / f"case_{index:03d}_0000.nrrd"))
+        label = sitk.ReadImage(str(folder / "labelsTr" / f"case_{index:03d}.nrrd"))
+        np.testing.assert_allclose(sitk.GetArrayFromImage(image), slicer.util.arrayFromVolume(volume))
+        assert label.GetDirection() == pytest.approx(image.GetDirection())
+        want = expected if index == 0 else np.where(expected == 1, 0, expected)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(label), want)
+
+
+def test_training_curves_table_from_epoch_events(scene):
+    run = SimpleNamespace(events=[
+        {"type": "progress", "stage": "train", "fraction": 0.1, "epoch": 0, "loss": 1.5},
+        {"type": "log", "message": "saved checkpoint"},
+        {"type": "progress", "stage": "train", "fraction": 0.2, "epoch": 0, "val_dice": 0.3},
+        {"type": "progress", "stage": "train", "fraction": 0.4, "epoch": 1, "loss": 0.9, "val_dice": 0.6},
+    ])
+    table = UNetSegmentationLogic(catalog=StubCatalog({})).trainingCurves(run)
+    assert [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())] == ["epoch", "loss", "val_dice"]
+    np.testing.assert_allclose(slicer.util.arrayFromTableColumn(table, "val_dice"), [0.3, 0.6])
+    np.testing.assert_allclose(slicer.util.arrayFromTableColumn(table, "loss"), [1.5, 0.9])

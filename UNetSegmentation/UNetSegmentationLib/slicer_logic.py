@@ -334,7 +334,6 @@ class UNetSegmentationLogic:
         Both are sampled on `referenceVolume`'s grid (default: the reference segmentation's geometry
         volume).
         """
-        from .image import Label as _Label
         from .metrics import compute_metrics
 
         volume = referenceVolume or _geometryVolume(referenceSegmentationNode) or _geometryVolume(segmentationNode)
@@ -351,8 +350,7 @@ class UNetSegmentationLogic:
         for name, (predId, refId) in pairs.items():
             pred = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, predId, volume) > 0
             ref = slicer.util.arrayFromSegmentBinaryLabelmap(referenceSegmentationNode, refId, volume) > 0
-            metrics = compute_metrics(pred.astype(np.uint8), ref.astype(np.uint8), [_Label(1, name)], spacingZyx)
-            rows.append((name, next(iter(metrics.values()))))
+            rows.append((name, compute_metrics(pred.astype(np.uint8), ref.astype(np.uint8), [1], spacingZyx)[1]))
         title = f"{segmentationNode.GetName()} vs {referenceSegmentationNode.GetName()}"
         return _metricsTable(title, rows)
 
@@ -773,10 +771,12 @@ def _metricsTable(title: str, rows: list[tuple[str, dict]]) -> Any:
     table.AddColumn(names)
     metricNames = list(dict.fromkeys(k for _, metrics in rows for k in metrics))
     for metric in metricNames:
-        column = vtk.vtkDoubleArray()
+        values = [metrics.get(metric) for _, metrics in rows]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        column = vtk.vtkDoubleArray() if numeric else vtk.vtkStringArray()
         column.SetName(metric)
-        for _, metrics in rows:
-            column.InsertNextValue(float(metrics.get(metric, math.nan)))
+        for value in values:
+            column.InsertNextValue(float(value) if numeric else ("" if value is None else str(value)))
         table.AddColumn(column)
         if any(word in metric.lower() for word in ("hd", "assd", "distance")):
             table.SetColumnUnitLabel(metric, "mm")
