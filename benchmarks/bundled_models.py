@@ -43,17 +43,19 @@ class ModelSpec:
     variant: str
     minutes: float
     train_args: tuple[str, ...] = ()
-    sample: str | None = None  # the bundled sample it segments (samples.json "model" is set to it)
+    sample: str | None = None  # the bundled sample its card (and the test) measures it on
     sample_labels: tuple[str, ...] | None = None  # labels the sample's reference holds (default: all)
     heldout_labels: tuple[str, ...] | None = None  # labels the held-out references hold (default: all)
     heldout_is_generalisation: bool = True
+    links_sample: bool = True  # samples.json names this model as the one that segments its sample
 
 
 MODELS = {
     m.name: m
     for m in (
         ModelSpec("ct-spleen", "unet", 5, ("--width", "0.25"), sample="spleen2"),
-        ModelSpec("ct-abdomen-fast", "nnunet", 8, ("--width", "0.25"), heldout_labels=("spleen",)),
+        ModelSpec("ct-abdomen-fast", "nnunet", 8, ("--width", "0.25"), sample="spleen2", sample_labels=("spleen",),
+                  heldout_labels=("spleen",), links_sample=False),
         ModelSpec("mr-spinalcord-t2", "attention_unet", 5, ("--width", "0.25"), sample="spinalcord_t2"),
         ModelSpec("mr-brain-tissue-t1", "unet", 6, ("--width", "0.25"), sample="mni152_t1_2mm",
                   heldout_is_generalisation=False),
@@ -184,7 +186,8 @@ def link_samples() -> None:
     """Set each sample's "model" in samples.json to the bundled model that segments it (when it exists)."""
     path = bundled_datasets.SAMPLE_DIR / "samples.json"
     doc = json.loads(path.read_text())
-    owners = {m.sample: m.name for m in MODELS.values() if m.sample and (model_cards.MODELS_DIR / m.name).is_dir()}
+    owners = {m.sample: m.name for m in MODELS.values()
+              if m.sample and m.links_sample and (model_cards.MODELS_DIR / m.name).is_dir()}
     for sample in doc["samples"]:
         sample["model"] = owners.get(sample["name"], sample.get("model"))
     text = json.dumps(doc, indent=2, ensure_ascii=False)
