@@ -84,8 +84,57 @@ def _run_models_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="segment an image (or one image per MRI sequence) with a model")
+    p.add_argument("-i", "--input", action="append", required=True, metavar="IMAGE",
+                   help="image file (NRRD, NIfTI, MHA…) or DICOM series folder; repeat once per input, in the "
+                        "model's input order")  # fmt: skip
+    p.add_argument("-m", "--model", required=True, help="catalog name, model folder or model zip")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output file: .seg.nrrd (Slicer segmentation) or .nii.gz/.nii/.nrrd/.mha (label map)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
+                   help="compute device (default: auto = CUDA, then Apple MPS, then CPU)")  # fmt: skip
+    p.add_argument("--tta", action="store_const", const=True, default=None,
+                   help="mirror test-time augmentation (slower; default: as the model's manifest says)")
+    p.add_argument("--no-postprocess", dest="postprocess", action="store_const", const=False, default=None,
+                   help="skip the model's post-processing (largest component, hole filling, islands)")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                   help="torch (default; ONNX Runtime is used anyway when torch is not installed) or onnx")
+    p.add_argument("--progress", choices=["json"], default=None,
+                   help="print progress, messages, errors and the result as JSON lines on stdout")
+    p.set_defaults(handler=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from .predict_job import run_predict
+
+    return run_predict(args.input, args.model, args.output, args.device, args.tta, args.postprocess,
+                       args.backend, args.progress == "json")  # fmt: skip
+
+
+def _add_export_onnx(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export-onnx", help="export a model's network to ONNX (model.onnx next to its weights)")
+    p.add_argument("model", help="catalog name, model folder or model zip")
+    p.set_defaults(handler=_run_export_onnx)
+
+
+def _run_export_onnx(args: argparse.Namespace) -> int:
+    from .onnx_backend import export_onnx
+    from .package import PackageError
+
+    try:
+        path = export_onnx(args.model)
+    except (PackageError, ValueError, OSError) as err:
+        print(f"unetseg export-onnx: {err}", file=sys.stderr)
+        return 2
+    print(f"Wrote {path}")
+    return 0
+
+
 # Each entry adds one subcommand's parser; keep them in the order `--help` should list them.
-_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_demo, _add_plan, _add_models]
+_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_demo, _add_plan, _add_models, _add_predict, _add_export_onnx,
+]  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

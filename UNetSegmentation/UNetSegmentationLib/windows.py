@@ -14,12 +14,32 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 # nnU-Net's inference defaults (not MONAI's 0.25 overlap with constant blending).
 DEFAULT_OVERLAP = 0.5
 DEFAULT_SIGMA_SCALE = 0.125
+
+
+@dataclass(frozen=True)
+class WindowSettings:
+    """What a backend needs to run a model's windows over a prepared volume and return labels."""
+
+    spatial_dims: int  # 2: windows over each slice (slices are the batch); 3: over the volume
+    roi_size: tuple[int, ...]
+    label_values: tuple[int, ...]  # label written for each output channel (channel 0 is background)
+    overlap: float = DEFAULT_OVERLAP
+    sigma_scale: float = DEFAULT_SIGMA_SCALE
+    mirror_axes: tuple[int, ...] = ()  # spatial axes flipped for test-time augmentation; () = no TTA
+    device: str = "auto"
+    batch_size: int | None = None  # windows per network call; None = chosen from free memory
+
+    def mirror_sets(self) -> list[tuple[int, ...]]:
+        """Every combination of mirrored axes (the empty one first): 2^k network passes per window."""
+        axes = self.mirror_axes
+        return [combo for k in range(len(axes) + 1) for combo in itertools.combinations(axes, k)]
 
 
 def axis_starts(size: int, roi: int, overlap: float = DEFAULT_OVERLAP) -> list[int]:

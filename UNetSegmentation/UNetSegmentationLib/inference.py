@@ -1,0 +1,379 @@
+"""The predictor: `segment(images, model)` returns an integer label map on exactly the input grid.
+
+The steps, each a small function below: check the inputs; reorient to the model's orientation; crop to the
+body (CT) or the non-zero region; normalise as the manifest says; run a backend (torch: resampling, MONAI's
+sliding window, TTA, devices and out-of-memory fallback in `torch_backend`; ONNX Runtime without torch in
+`onnx_backend`), which returns labels on the cropped grid slab by slab; uncrop; undo the reorientation;
+post-process. Torch-free at import, so the ONNX path never loads PyTorch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .image import Image, LabelImage
+from .windows import DEFAULT_OVERLAP, WindowSettings, count_windows
+
+if TYPE_CHECKING:
+    from .package import ModelPackage
+
+BACKENDS = ("torch", "onnx")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+ProgressCallback = Callable[[float, str], None]
+
+# Where each stage ends on the overall progress scale (the windows take almost all the time).
+_PREPARED, _WINDOWS_DONE, _RESTORED = 0.05, 0.9, 0.95
+# Extra voxels of air kept around the body/non-zero box, when that adds no window.
+_CROP_MARGIN = 3
+
+
+class SegmentationCancelled(Exception):  # noqa: N818 (the name the issue and callers use)
+    """Raised when the `cancel` event is set during `segment`; nothing is returned or written."""
+
+
+class Progress:
+    """Monotone progress over the stages, cancel checks between window batches, and the run's messages.
+
+    Backends call `start_windows`, `advance` (after each window batch) and `note` (e.g. an out-of-memory
+    retry); the fraction never goes back, a retry continues from where the failed attempt stopped.
+    """
+
+    def __init__(self, callback: ProgressCallback | None, cancel: threading.Event | None) -> None:
+        self._callback, self._cancel = callback, cancel
+        self.fraction = 0.0
+        self.messages: list[str] = []
+        self._stage = ""
+        self._windows = (0, 1, 0.0)  # done, total, fraction at start
+
+    def report(self, fraction: float, stage: str) -> None:
+        """Report a stage at `fraction` (never below what was already reported)."""
+        self.fraction = max(self.fraction, min(1.0, fraction))
+        self._stage = stage
+        if self._callback is not None:
+            self._callback(self.fraction, stage)
+
+    def check_cancel(self) -> None:
+        """Raise `SegmentationCancelled` if the caller asked to stop."""
+        if self._cancel is not None and self._cancel.is_set():
+            raise SegmentationCancelled("Segmentation cancelled.")
+
+    def note(self, message: str) -> None:
+        """Keep a message for the result and show it as the current stage."""
+        self.messages.append(message)
+        self.report(self.fraction, message)
+
+    def start_windows(self, total: int, stage: str = "sliding window") -> None:
+        """Begin (or restart after a fallback) counting `total` windows."""
+        self._windows = (0, max(total, 1), self.fraction)
+        self.report(self.fraction, f"{stage}: 0/{total} windows")
+        self.check_cancel()
+
+    def advance(self, windows: int) -> None:
+        """Count `windows` more windows done, report the real fraction, then honour a cancel request."""
+        done, total, start = self._windows
+        done = min(total, done + windows)
+        self._windows = (done, total, start)
+        self.report(start + (_WINDOWS_DONE - start) * done / total, f"sliding window: {done}/{total} windows")
+        self.check_cancel()
+
+
+# ----------------------------------------------------------------------------------------------- the predictor
+
+
+def segment(
+    images: Image | Any | Sequence[Image | Any],
+    model: ModelPackage | str | Any,
+    device: str = "auto",
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    tta: bool | None = None,
+    postprocess: bool | dict | None = None,
+    backend: str = "torch",
+    window_batch_size: int | None = None,
+) -> LabelImage:
+    """Segment one image (or one image per sequence, on one grid) with a model package, catalog name or path.
+
+    Returns the label map on exactly the grid of ``images[0]`` with the model's label table; warnings (e.g.
+    a constant image, a device fallback) are in ``.messages``. ``tta``/``postprocess`` of None follow the
+    manifest; ``postprocess`` may also be a dict of options overriding it. ``progress(fraction, stage)`` gets
+    monotone fractions ending at 1.0; setting ``cancel`` stops between window batches with
+    `SegmentationCancelled`. ``backend`` "torch" falls back to "onnx" when torch is not installed.
+    """
+    if device not in DEVICES:
+        raise ValueError(f"Unknown device {device!r}; use one of {', '.join(DEVICES)}.")
+    run = Progress(progress, cancel)
+    run.report(0.0, "checking input")
+    backend = choose_backend(backend, run)
+    inputs = as_images(images)
+    package = load_model(model)
+    check_inputs(inputs, package)
+    constant = constant_inputs(inputs, package)
+    if constant:
+        run.note(
+            f"Input {', '.join(constant)} is constant (every voxel has the same value): there is nothing to "
+            "segment, so the segmentation is empty. Check that the right image was selected."
+        )
+        return _finish(run, inputs[0], np.zeros(inputs[0].shape, dtype=np.uint8), package)
+    settings = window_settings(package, device, tta, window_batch_size)
+    labels = _predict(inputs, package, settings, backend, run)
+    run.check_cancel()
+    labels = postprocess_labels(labels, inputs[0], package, postprocess, run)
+    return _finish(run, inputs[0], labels, package)
+
+
+def _predict(
+    inputs: list[Image], package: ModelPackage, settings: WindowSettings, backend: str, run: Progress
+) -> np.ndarray:
+    """Labels on the input grid: reorient, crop, normalise, run the backend, uncrop, reorient back."""
+    from . import preprocessing
+
+    oriented, reorientation = orient(inputs, package)
+    spacing = tuple(reversed(oriented[0].spacing))  # (z, y, x)
+    grid = network_grid(oriented[0].shape, spacing, package, settings)
+    box = crop_box(oriented, package, spacing, grid, settings)
+    volume = normalised_volume([preprocessing.crop(image.array, box) for image in oriented], package)
+    cropped_grid = network_grid(volume.shape[1:], spacing, package, settings)
+    run.report(_PREPARED, "preprocessed")
+    labels = _backend_module(backend).predict_labels(package, volume, cropped_grid, settings, run)
+    run.check_cancel()
+    labels = preprocessing.uncrop(labels, box, oriented[0].shape)
+    run.report(_RESTORED, "labels on the input grid")
+    return np.ascontiguousarray(reorientation.undo(labels))
+
+
+def _finish(run: Progress, grid: Image, labels: np.ndarray, package: ModelPackage) -> LabelImage:
+    run.report(1.0, "done")
+    return LabelImage(grid.with_array(labels), list(package.labels), list(run.messages))
+
+
+# --------------------------------------------------------------------------------------------- inputs and model
+
+
+def choose_backend(backend: str, run: Progress) -> str:
+    """The backend to use: as asked, or ONNX Runtime when torch is asked for but not installed."""
+    if backend not in BACKENDS:
+        raise ValueError(f"Unknown backend {backend!r}; use one of {', '.join(BACKENDS)}.")
+    if backend == "torch" and importlib.util.find_spec("torch") is None:
+        run.note("PyTorch is not installed: running the model's ONNX export with ONNX Runtime.")
+        return "onnx"
+    return backend
+
+
+def _backend_module(backend: str) -> Any:
+    if backend == "onnx":
+        from . import onnx_backend
+
+        return onnx_backend
+    from . import torch_backend
+
+    return torch_backend
+
+
+def as_images(images: Image | Any | Sequence[Image | Any]) -> list[Image]:
+    """A list of `Image` from one image or several, each an `Image` or a SimpleITK image."""
+    items = list(images) if isinstance(images, (list, tuple)) else [images]
+    if not items:
+        raise ValueError("No input image given.")
+    return [item if isinstance(item, Image) else Image.from_sitk(item) for item in items]
+
+
+def load_model(model: ModelPackage | str | Any) -> ModelPackage:
+    """The model package itself, or the one a catalog name or a folder/zip path names."""
+    from .package import ModelPackage
+
+    if isinstance(model, ModelPackage):
+        return model
+    from .catalog import Catalog
+
+    return Catalog().get(str(model))
+
+
+def check_inputs(inputs: list[Image], package: ModelPackage) -> None:
+    """Raise ValueError for input the model cannot segment: wrong count, different grids, 2D/3D, NaN/Inf."""
+    names = list(package.input_names)
+    if len(inputs) != len(names):
+        raise ValueError(
+            f"Model '{package.manifest['name']}' reads {len(names)} image(s) ({', '.join(names)}), in this order; "
+            f"got {len(inputs)}. Give one image per input."
+        )
+    for name, image in zip(names[1:], inputs[1:], strict=True):
+        if not image.same_grid(inputs[0]):
+            raise ValueError(
+                f"Input '{name}' is not on the same grid as input '{names[0]}' (size {image.size} versus "
+                f"{inputs[0].size}, or different spacing, origin or direction). Resample it onto the first "
+                "input's grid first."
+            )
+    for name, image in zip(names, inputs, strict=True):
+        if np.issubdtype(image.array.dtype, np.floating) and not np.all(np.isfinite(image.array)):
+            raise ValueError(
+                f"Input '{name}' has NaN or infinite voxels. Replace them (e.g. by the background value) first."
+            )
+    dims = int(package.manifest["spatial_dims"])
+    if dims == 3 and inputs[0].is_single_slice:
+        raise ValueError(
+            f"Model '{package.manifest['name']}' is a 3D model but the image is a single slice. Use a 2D model "
+            "for single images such as radiographs, or give the whole volume."
+        )
+    if dims == 2 and not inputs[0].is_single_slice and not package.preprocessing.get("slice_wise", False):
+        raise ValueError(
+            f"Model '{package.manifest['name']}' is a 2D model for single-slice images, but the image has "
+            f"{inputs[0].shape[0]} slices. Give one slice, or use a model whose manifest sets slice_wise."
+        )
+
+
+def constant_inputs(inputs: list[Image], package: ModelPackage) -> list[str]:
+    """Names of the inputs whose voxels all have one value (all zero, say): nothing there to segment."""
+    return [
+        name
+        for name, image in zip(package.input_names, inputs, strict=True)
+        if image.array.size == 0 or image.array.min() == image.array.max()
+    ]
+
+
+# ----------------------------------------------------------------------------------------------- preprocessing
+
+
+def window_settings(
+    package: ModelPackage, device: str, tta: bool | None, batch_size: int | None
+) -> WindowSettings:
+    """The sliding-window settings from the manifest's inference defaults and the call's overrides."""
+    inference = package.inference
+    use_tta = bool(inference.get("tta", False)) if tta is None else tta
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"window_batch_size must be at least 1; got {batch_size}.")
+    num_classes = int(package.network_config["num_classes"])
+    values = [0, *(label.value for label in package.labels)]
+    if len(values) != num_classes:
+        raise ValueError(
+            f"Model '{package.manifest['name']}' lists {len(values) - 1} labels but its network has "
+            f"{num_classes} output channels (background included): fix the manifest's labels."
+        )
+    return WindowSettings(
+        spatial_dims=int(package.manifest["spatial_dims"]),
+        roi_size=tuple(int(p) for p in inference["patch_size"]),
+        label_values=tuple(values),
+        overlap=float(inference.get("overlap", DEFAULT_OVERLAP)),
+        mirror_axes=tuple(int(a) for a in inference.get("mirror_axes", ())) if use_tta else (),
+        device=device,
+        batch_size=batch_size,
+    )
+
+
+def orient(inputs: list[Image], package: ModelPackage) -> tuple[list[Image], Any]:
+    """All inputs reoriented to the manifest's orientation (axis permutation and flips only) and the undo."""
+    from .preprocessing import reorient
+
+    orientation = package.preprocessing.get("orientation")
+    first, reorientation = reorient(inputs[0], orientation)
+    if inputs[0].is_single_slice and not first.is_single_slice:
+        # A 2D image keeps its slice axis first: only in-plane flips would be meaningful, and 2D models
+        # see radiographs as they are displayed.
+        first, reorientation = reorient(inputs[0], None)
+    rest = [first.with_array(reorientation.apply(image.array)) for image in inputs[1:]]
+    return [first, *rest], reorientation
+
+
+def target_spacing(package: ModelPackage, spacing: Sequence[float], spatial_dims: int) -> tuple[float, ...]:
+    """The network's spacing (z, y, x) for an image of `spacing` (z, y, x): 2D models keep the slice spacing."""
+    target = package.preprocessing.get("target_spacing")
+    if target is None:
+        return tuple(spacing)
+    target_zyx = tuple(float(t) for t in reversed(target))
+    return (spacing[0], *target_zyx[1:]) if spatial_dims == 2 else target_zyx
+
+
+def network_grid(
+    shape: Sequence[int], spacing: Sequence[float], package: ModelPackage, settings: WindowSettings
+) -> tuple[int, ...]:
+    """The (z, y, x) size a volume of `shape` has at the network's spacing (nnU-Net's rounding)."""
+    from .preprocessing import target_shape
+
+    return target_shape(shape, spacing, target_spacing(package, spacing, settings.spatial_dims))
+
+
+def crop_box(
+    oriented: list[Image],
+    package: ModelPackage,
+    spacing: Sequence[float],
+    grid: Sequence[int],
+    settings: WindowSettings,
+) -> tuple[slice, ...]:
+    """The box the network sees: the body (CT) or non-zero region, with a few voxels of margin where they
+    cost no extra window, and at least one window's extent (so the window is filled with real image)."""
+    from .preprocessing import body_bbox, nonzero_bbox
+
+    mode = package.preprocessing.get("crop")
+    shape = oriented[0].shape
+    if mode == "body":
+        tight = body_bbox(oriented[0].array)
+    elif mode == "nonzero":
+        tight = nonzero_bbox([image.array for image in oriented])
+    else:
+        return tuple(slice(0, n) for n in shape)
+    scale = [g / n for g, n in zip(grid, shape, strict=True)]  # network voxels per input voxel
+    roi = _roi_zyx(settings)
+    return tuple(
+        _grow(box, n, s, r, settings.overlap) for box, n, s, r in zip(tight, shape, scale, roi, strict=True)
+    )
+
+
+def _roi_zyx(settings: WindowSettings) -> tuple[int, ...]:
+    """The window size per (z, y, x) axis; 2D models see one slice at a time."""
+    return (1, *settings.roi_size) if settings.spatial_dims == 2 else settings.roi_size
+
+
+def _grow(box: slice, size: int, scale: float, roi: int, overlap: float) -> slice:
+    """Widen one axis of a crop by the margin and up to one window, without adding a row of windows."""
+    tight = box.stop - box.start
+
+    def windows(n: int) -> int:
+        return count_windows((max(1, round(n * scale)),), (roi,), overlap)
+
+    wanted = max(tight + 2 * _CROP_MARGIN, math.ceil(roi / scale))
+    length = min(size, wanted)
+    while length > tight and windows(length) > windows(tight):
+        length -= 1
+    start = min(max(0, box.start - (length - tight) // 2), size - length)
+    return slice(start, start + length)
+
+
+def normalised_volume(arrays: list[np.ndarray], package: ModelPackage) -> np.ndarray:
+    """Stack the cropped inputs as float32 channels (C, z, y, x), each normalised as the manifest says."""
+    from .preprocessing import normalize
+
+    prep = package.preprocessing
+    schemes = prep["normalization"]
+    channels = []
+    for array, scheme in zip(arrays, schemes, strict=True):
+        params = {k: v for k, v in scheme.items() if k != "scheme"}
+        if scheme["scheme"] == "ct" and prep.get("hu_clip") is not None:
+            params.setdefault("clip", prep["hu_clip"])
+        mask = array != 0 if scheme["scheme"] == "zscore" and prep.get("crop") == "nonzero" else None
+        channels.append(np.asarray(normalize(array, scheme["scheme"], params, mask), dtype=np.float32))
+    return np.stack(channels)
+
+
+# ---------------------------------------------------------------------------------------------- postprocessing
+
+
+def postprocess_labels(
+    labels: np.ndarray, grid: Image, package: ModelPackage, override: bool | dict | None, run: Progress
+) -> np.ndarray:
+    """Apply the manifest's post-processing (or the call's override; False switches it off)."""
+    options = package.inference.get("postprocessing") or {}
+    if override is False:
+        return labels
+    if isinstance(override, dict):
+        options = {**options, **override}
+    if not options:
+        return labels
+    from .postprocessing import postprocess
+
+    run.report(_RESTORED, "post-processing")
+    return postprocess(labels, tuple(reversed(grid.spacing)), options)

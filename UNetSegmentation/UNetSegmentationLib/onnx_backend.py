@@ -1,0 +1,136 @@
+"""ONNX export of a model package's network, and the predictor backend that runs it with ONNX Runtime.
+
+The runner imports neither torch nor MONAI, so a CPU-only workstation needs no PyTorch: the image is
+resampled with `linear_resampling` (the same sampling positions as the torch backend's trilinear
+interpolation) and the windows are stitched by `windows.sliding_window` (the same windows and Gaussian
+weights as MONAI's). Only `export_onnx` needs torch, and imports it when called.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .linear_resampling import argmax_on_grid, resample_linear
+from .windows import WindowSettings, count_windows, sliding_window
+
+INPUT_NAME, OUTPUT_NAME = "image", "logits"
+# Largest |torch − onnxruntime| logit difference accepted right after an export.
+_EXPORT_TOLERANCE = 1e-3
+
+
+def export_onnx(model: Any) -> Path:
+    """Write the network of a package (object, catalog name or folder) next to its weights, dynamic axes.
+
+    Uses torch's current (torch.export-based) exporter with every batch and spatial axis dynamic, then
+    checks ONNX Runtime against torch on one batch of windows before keeping the file (atomically).
+    """
+    import torch
+    from torch.export import Dim
+
+    from .inference import load_model
+    from .io import atomic_write
+    from .package import build_model
+
+    package = load_model(model)
+    target = package.onnx_path
+    network = build_model(package, torch.device("cpu")).eval()
+    channels = int(package.network_config["in_channels"])
+    patch = [int(p) for p in package.inference["patch_size"]]
+    example = torch.randn(2, channels, *patch, generator=torch.Generator().manual_seed(0))
+    dynamic = {axis: Dim.AUTO for axis in (0, *range(2, 2 + len(patch)))}
+    with atomic_write(target) as temporary:
+        torch.onnx.export(
+            network,
+            (example,),
+            str(temporary),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=(dynamic,),
+            external_data=False,
+            dynamo=True,
+        )
+        with torch.no_grad():
+            expected = network(example).numpy()
+        _check_export(temporary, example.numpy(), expected)
+    return target
+
+
+def _check_export(path: Path, example: np.ndarray, expected: np.ndarray) -> None:
+    got = _session(path, "cpu").run([OUTPUT_NAME], {INPUT_NAME: example})[0]
+    error = float(np.abs(got - expected).max())
+    if got.shape != expected.shape or error > _EXPORT_TOLERANCE:
+        raise RuntimeError(
+            f"The ONNX export disagrees with the torch network (shape {got.shape} vs {expected.shape}, max "
+            f"difference {error:.2g}); the network uses an operation the exporter does not translate faithfully."
+        )
+
+
+def _session(path: Path, device: str) -> Any:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "mps":
+        raise ValueError("The ONNX backend does not run on Apple MPS; use device 'cpu' or the torch backend.")
+    if device == "cuda" and "CUDAExecutionProvider" not in available:
+        raise ValueError("Device 'cuda' was asked for but this ONNX Runtime has no CUDA support; use 'cpu'.")
+    providers = ["CPUExecutionProvider"]
+    if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
+        providers.insert(0, "CUDAExecutionProvider")
+    return ort.InferenceSession(str(path), providers=providers)
+
+
+def open_session(package: Any, device: str = "auto") -> Any:
+    """An ONNX Runtime session on a package's export; a missing or outdated export is a clear error."""
+    path = package.onnx_path
+    name = package.manifest["name"]
+    if not path.is_file():
+        raise ValueError(f"Model '{name}' has no ONNX export ({path}). Create it with: unetseg export-onnx {name}")
+    weights = package.weights_path
+    if weights.is_file() and weights.stat().st_mtime > path.stat().st_mtime:
+        raise ValueError(
+            f"The ONNX export of model '{name}' is older than its weights. Re-export it: unetseg export-onnx {name}"
+        )
+    return _session(path, device)
+
+
+class WindowRunner:
+    """Runs a window batch through the session, averaging mirrored passes, then reports progress."""
+
+    def __init__(self, session: Any, settings: WindowSettings, run: Any):
+        self.session, self.run = session, run
+        self.mirror_sets = settings.mirror_sets()
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        total = None
+        for axes in self.mirror_sets:
+            dims = tuple(a + 2 for a in axes)
+            batch = np.ascontiguousarray(np.flip(windows, dims)) if dims else windows
+            logits = self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+            logits = np.flip(logits, dims) if dims else logits
+            total = logits if total is None else total + logits
+        self.run.advance(windows.shape[0])
+        return total / len(self.mirror_sets)
+
+
+def predict_labels(
+    package: Any, volume: np.ndarray, grid: Sequence[int], settings: WindowSettings, run: Any
+) -> np.ndarray:
+    """Labels (z, y, x) on the grid of `volume` (C, z, y, x), the network seeing it resampled to `grid`."""
+    session = open_session(package, settings.device)
+    if settings.spatial_dims == 2:  # slices become the batch: (z, C, y, x)
+        x = resample_linear(volume.transpose(1, 0, 2, 3), grid[1:])
+    else:
+        x = resample_linear(volume, grid)[np.newaxis]
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    roi = settings.roi_size
+    run.start_windows(x.shape[0] * count_windows(x.shape[2:], roi, settings.overlap))
+    scores = sliding_window(
+        x, roi, settings.batch_size or 1, WindowRunner(session, settings, run), settings.overlap, settings.sigma_scale
+    )
+    del x
+    scores = scores.transpose(1, 0, 2, 3) if settings.spatial_dims == 2 else scores[0]
+    return argmax_on_grid(scores, volume.shape[1:], settings.label_values)

@@ -1,0 +1,201 @@
+"""The torch backend of the predictor: device choice, autocast, window batch size, mirror TTA, MONAI's
+sliding window with nnU-Net's settings, the slab-wise return to the input grid, and the out-of-memory ladder.
+
+On CUDA the windows run under autocast (bf16 where supported, else fp16) and the volume with its stitched
+scores may stay in CPU memory while windows run on the GPU (MONAI's ``sw_device``/``device`` split). Out of
+memory, the run is retried with half the window batch, then with the volume in CPU memory, then entirely on
+the CPU, each step reported through the progress messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+
+from .linear_resampling import ArrayOps, argmax_on_grid
+from .preprocessing import resample
+from .windows import WindowSettings, count_windows, gaussian_weights
+
+# Cap on windows per network call on a GPU: beyond it the GPU is saturated and latency only grows.
+_MAX_GPU_BATCH = 8
+# Share of the free GPU memory the windows may use; the rest absorbs fragmentation and cuDNN workspaces.
+_GPU_MEMORY_SHARE = 0.6
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for "auto" (CUDA, then Apple MPS, then CPU) or a named one that must be present."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("Device 'cuda' was asked for but no CUDA GPU is available; use 'auto' or 'cpu'.")
+    if name == "mps" and not _mps_available():
+        raise ValueError("Device 'mps' was asked for but Apple MPS is not available; use 'auto' or 'cpu'.")
+    return torch.device(name)
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for the errors torch raises when a device runs out of memory."""
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    )
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """Mixed precision for the windows: bf16 on CUDA where supported, else fp16; none on CPU/MPS."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One way to run: where the windows run, where the volume and its scores live, windows per call."""
+
+    compute: torch.device
+    storage: torch.device
+    batch_size: int
+
+    def describe(self) -> str:
+        """A short phrase for the progress messages."""
+        where = f"windows on {self.compute.type}, volume on {self.storage.type}"
+        return f"{where}, {self.batch_size} window(s) per batch"
+
+
+def fallback_attempts(first: Attempt) -> list[Attempt]:
+    """The out-of-memory ladder: halve the window batch, then keep the volume on the CPU, then CPU only."""
+    ladder = [first]
+    batch = first.batch_size
+    while batch > 1:
+        batch //= 2
+        ladder.append(Attempt(first.compute, first.storage, batch))
+    cpu = torch.device("cpu")
+    if first.storage.type != "cpu":
+        ladder.append(Attempt(first.compute, cpu, 1))
+    if first.compute.type != "cpu":
+        ladder.append(Attempt(cpu, cpu, 1))
+    return ladder
+
+
+class WindowNetwork:
+    """The callable MONAI runs per window batch: autocast, mirror TTA averaging, progress and cancel."""
+
+    def __init__(self, network: torch.nn.Module, settings: WindowSettings, device: torch.device, run: Any):
+        self.network, self.run = network, run
+        self.mirror_sets = settings.mirror_sets()
+        self.autocast = autocast_dtype(device)
+        self.device_type = device.type
+
+    def __call__(self, windows: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=self.autocast, enabled=self.autocast is not None):
+            total = None
+            for axes in self.mirror_sets:
+                dims = [a + 2 for a in axes]
+                logits = self.network(windows.flip(dims) if dims else windows)
+                logits = (logits.flip(dims) if dims else logits).float()
+                total = logits if total is None else total + logits
+        self.run.advance(windows.shape[0])
+        return total / len(self.mirror_sets)
+
+
+def window_batch_size(network: torch.nn.Module, settings: WindowSettings, channels: int, device: torch.device) -> int:
+    """Windows per network call: as asked, else measured against free GPU memory; 1 on CPU/MPS.
+
+    On a GPU one probe window gives the real memory a window needs. On the CPU, batching windows gains
+    nothing (convolutions already use every core) while memory grows with the batch, as nnU-Net observed.
+    """
+    if settings.batch_size is not None:
+        return settings.batch_size
+    if device.type != "cuda":
+        return 1
+    free, _ = torch.cuda.mem_get_info(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    probe = torch.zeros((1, channels, *settings.roi_size), device=device)
+    with torch.no_grad(), torch.autocast("cuda", dtype=autocast_dtype(device)):
+        network(probe)
+    per_window = max(torch.cuda.max_memory_allocated(device) - before, 1) * len(settings.mirror_sets())
+    return int(max(1, min(_MAX_GPU_BATCH, _GPU_MEMORY_SHARE * free // per_window)))
+
+
+def _volume_fits(device: torch.device, volume_bytes: int) -> bool:
+    """Whether the volume and its scores can live in the device's memory (always on the CPU)."""
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return volume_bytes < 0.3 * free
+
+
+def predict_labels(
+    package: Any, volume: np.ndarray, grid: Sequence[int], settings: WindowSettings, run: Any
+) -> np.ndarray:
+    """Labels (z, y, x) on the grid of `volume` (C, z, y, x), the network seeing it resampled to `grid`."""
+    from .package import build_model
+
+    device = resolve_device(settings.device)
+    num_classes = len(settings.label_values)
+    network = build_model(package, device)
+    batch = window_batch_size(network, settings, volume.shape[0], device)
+    scores_bytes = 4 * (volume.shape[0] + num_classes + 1) * int(np.prod(grid))
+    storage = device if _volume_fits(device, scores_bytes) else torch.device("cpu")
+    ladder = fallback_attempts(Attempt(device, storage, batch))
+    for number, attempt in enumerate(ladder):
+        if number:
+            run.note(f"Out of memory; retrying with {attempt.describe()}.")
+        try:
+            return _run_attempt(network.to(attempt.compute), volume, grid, settings, attempt, run)
+        except Exception as error:
+            if not is_out_of_memory(error) or number == len(ladder) - 1:
+                raise
+            _release(attempt.compute)
+    raise AssertionError("unreachable: the last attempt re-raises")
+
+
+def _release(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _run_attempt(
+    network: torch.nn.Module,
+    volume: np.ndarray,
+    grid: Sequence[int],
+    settings: WindowSettings,
+    attempt: Attempt,
+    run: Any,
+) -> np.ndarray:
+    """One try: resample to the network grid, stitch the windows, return labels on the volume's grid."""
+    x = torch.from_numpy(volume).to(attempt.storage)
+    if settings.spatial_dims == 2:  # slices become the batch: (z, C, y, x)
+        x = resample(x.permute(1, 0, 2, 3), grid[1:], "linear")
+    else:
+        x = resample(x, grid, "linear").unsqueeze(0)
+    roi = settings.roi_size
+    run.start_windows(x.shape[0] * count_windows(x.shape[2:], roi, settings.overlap))
+    with torch.no_grad():
+        scores = sliding_window_inference(
+            x,
+            roi,
+            attempt.batch_size,
+            WindowNetwork(network, settings, attempt.compute, run),
+            overlap=settings.overlap,
+            mode="gaussian",
+            sigma_scale=settings.sigma_scale,
+            sw_device=attempt.compute,
+            device=attempt.storage,
+            roi_weight_map=torch.from_numpy(gaussian_weights(roi, settings.sigma_scale)).to(attempt.compute),
+        )
+    del x
+    scores = scores.permute(1, 0, 2, 3) if settings.spatial_dims == 2 else scores[0]
+    ops = ArrayOps(asarray=lambda a: torch.as_tensor(a, device=scores.device), to_numpy=lambda t: t.cpu().numpy())
+    return argmax_on_grid(scores, volume.shape[1:], settings.label_values, ops)
