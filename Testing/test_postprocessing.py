@@ -141,3 +141,11 @@ def test_dense_crf_rejects_mismatched_inputs():
         post.dense_crf(clean, image, (1.0, 1.0))
     with pytest.raises(ValueError, match="odd number"):
         post.dense_crf(clean, image, (1.0, 1.0, 1.0), window=4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_dense_crf_on_cuda_matches_cpu():
+    labels, image, _, noisy = _toy_case(seed=3)
+    refined = post.dense_crf(noisy.cuda(), image.cuda(), (2.0, 1.0, 1.0))
+    assert refined.is_cuda
+    assert torch.equal(refined.argmax(0).cpu(), labels)

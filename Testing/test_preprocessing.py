@@ -210,3 +210,17 @@ def test_body_bbox_drops_only_air_and_crop_uncrop_round_trip():
     channels = torch.from_numpy(np.stack([ct.array, ct.array]))
     back = pp.uncrop(pp.crop(channels, bbox), bbox, ct.shape)
     assert back.shape == (2, *ct.shape) and torch.equal(back[1][inside], channels[1][inside])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_preprocessing_on_cuda_matches_cpu():
+    t = torch.rand(2, 6, 7, 8)
+    gpu = t.cuda()
+    out = pp.resample(gpu, (9, 5, 4))
+    assert out.is_cuda
+    torch.testing.assert_close(out.cpu(), pp.resample(t, (9, 5, 4)))
+    labels = torch.randint(0, 3, (6, 7, 8))
+    assert torch.equal(pp.resample_labels(labels.cuda(), (12, 14, 16)).cpu(), pp.resample_labels(labels, (12, 14, 16)))
+    masked = pp.normalize(gpu[0], "zscore", mask=gpu[1] > 0.5)
+    torch.testing.assert_close(masked.cpu(), pp.normalize(t[0], "zscore", mask=t[1] > 0.5))
+    assert pp.nonzero_bbox(gpu[0] > 0.9) == pp.nonzero_bbox(t[0] > 0.9)
