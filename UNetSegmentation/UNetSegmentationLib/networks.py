@@ -464,7 +464,16 @@ class ClassicUNet(nn.Module):
 
 
 class UNetPlusPlus(BasicUNetPlusPlus):
-    """MONAI's U-Net++ returning one tensor, or in training with deep supervision its nested outputs deepest first."""
+    """MONAI's U-Net++ returning one tensor, or in training with deep supervision its nested outputs deepest first.
+
+    Without deep supervision the three shallower output heads are dropped: unused parameters would break
+    distributed training and bloat the weights.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not self.deep_supervision:
+            self.final_conv_0_1 = self.final_conv_0_2 = self.final_conv_0_3 = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         outputs = super().forward(x)
