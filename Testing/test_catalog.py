@@ -3,6 +3,8 @@
 import json
 import logging
 import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -242,3 +244,14 @@ def test_cli_lists_and_imports(dirs, tmp_path, monkeypatch, capsys):
     assert main(["models", "import", str(zip_path)]) == 2
     assert "already in the catalog" in capsys.readouterr().err
     assert main(["models", "import", "--replace", str(zip_path)]) == 0
+
+
+def test_listing_models_does_not_load_torch(dirs):
+    """The Slicer panel lists models in its GUI process, where torch may not even be installed."""
+    code = (
+        "import sys; from UNetSegmentationLib.catalog import Catalog; "
+        f"assert len(Catalog({str(dirs[0])!r}, {str(dirs[1])!r}).models()) == 3; "
+        "print(sorted(m for m in ('torch', 'monai', 'safetensors') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

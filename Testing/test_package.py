@@ -312,6 +312,11 @@ def test_zip_size_cap_and_layout_errors(tmp_path):
     with pytest.raises(PackageError, match=r"no model\.json"):
         package.extract_zip(empty, tmp_path / "out")
 
+    not_a_zip = tmp_path / "fake.zip"
+    not_a_zip.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(PackageError, match="not a readable zip"):
+        package.extract_zip(not_a_zip, tmp_path / "out")
+
     no_weights = tmp_path / "no-weights.zip"
     with zipfile.ZipFile(no_weights, "w") as zf:
         zf.write(src.path / "model.json", "model.json")

@@ -139,3 +139,11 @@ def test_a_process_starts_once_and_puts_its_paths_first(tmp_path):
     proc.start().wait(60)
     with pytest.raises(RuntimeError, match="already started"):
         proc.start()
+
+
+def test_a_missing_python_is_a_clear_error_and_a_name_on_path_is_found(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="Python executable not found"):
+        BackgroundProcess([], python=str(tmp_path / "PythonSlicer")).start()
+    executable = Path(sys.executable)
+    monkeypatch.setenv("PATH", f"{executable.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    assert BackgroundProcess(["--version"], python=executable.name).start().wait(60) == 0

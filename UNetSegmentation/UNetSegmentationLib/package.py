@@ -338,7 +338,11 @@ def check_zip(zf: zipfile.ZipFile, max_bytes: int = MAX_UNPACKED_BYTES) -> str:
 
 def extract_zip(zip_path: str | os.PathLike, target: Path, max_bytes: int = MAX_UNPACKED_BYTES) -> Path:
     """Validate a model zip (layout, manifest, weights present), then extract its package into ``target``."""
-    with zipfile.ZipFile(zip_path) as zf:
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except zipfile.BadZipFile as e:
+        raise PackageError(f"{zip_path} is not a readable zip file ({e}); zip the model folder again.") from e
+    with zf:
         prefix = check_zip(zf, max_bytes)
         try:
             manifest = json.loads(zf.read(prefix + MANIFEST_FILE).decode("utf-8"))

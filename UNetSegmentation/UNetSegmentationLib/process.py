@@ -12,6 +12,7 @@ import collections
 import contextlib
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -77,6 +78,11 @@ class BackgroundProcess:
         """Launch the child (once) in its own process group; returns self."""
         if self._proc is not None:
             raise RuntimeError("This process was already started; create a new BackgroundProcess to rerun.")
+        if shutil.which(self.python) is None:
+            raise FileNotFoundError(
+                f"Python executable not found: {self.python}. Inside Slicer pass the path of PythonSlicer; "
+                "elsewhere sys.executable."
+            )
         self._proc = subprocess.Popen(
             self.command,
             stdin=subprocess.DEVNULL,
