@@ -425,3 +425,15 @@ def test_training_curves_table_from_epoch_events(scene):
     assert [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())] == ["epoch", "loss", "val_dice"]
     np.testing.assert_allclose(slicer.util.arrayFromTableColumn(table, "val_dice"), [0.3, 0.6])
     np.testing.assert_allclose(slicer.util.arrayFromTableColumn(table, "loss"), [1.5, 0.9])
+
+
+def test_training_plot_has_one_series_per_curve_and_no_duplicates(scene):
+    logic = UNetSegmentationLogic(catalog=StubCatalog({}))
+    run = SimpleNamespace(events=[{"type": "progress", "epoch": 0, "loss": 1.0, "val_dice": 0.2}])
+    table = logic.trainingCurves(run)
+    chart = logic.trainingPlot(table)
+    run.events.append({"type": "progress", "epoch": 1, "loss": 0.5, "val_dice": 0.4})
+    assert logic.trainingPlot(logic.trainingCurves(run, table), chart) is chart
+    series = [chart.GetNthPlotSeriesNode(i) for i in range(chart.GetNumberOfPlotSeriesNodes())]
+    assert sorted(s.GetYColumnName() for s in series) == ["loss", "val_dice"]
+    assert all(s.GetTableNode() is table and s.GetXColumnName() == "epoch" for s in series)

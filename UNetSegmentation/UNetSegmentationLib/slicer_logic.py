@@ -447,6 +447,25 @@ class UNetSegmentationLogic:
         slicer.util.updateTableFromArray(table, [arrays[c] for c in columns], columns)
         return table
 
+    def trainingPlot(self, tableNode: Any, chartNode: Any = None) -> Any:
+        """A plot chart (created if None) with one line per training-curves column against the epoch."""
+        scene = slicer.mrmlScene
+        chart = chartNode or scene.AddNewNodeByClass("vtkMRMLPlotChartNode", "Training curves")
+        chart.SetXAxisTitle("epoch")
+        plotted = {chart.GetNthPlotSeriesNode(i).GetYColumnName() for i in range(chart.GetNumberOfPlotSeriesNodes())}
+        for index in range(1, tableNode.GetNumberOfColumns()):
+            column = tableNode.GetColumnName(index)
+            if column in plotted:
+                continue
+            series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", column)
+            series.SetAndObserveTableNodeID(tableNode.GetID())
+            series.SetXColumnName("epoch")
+            series.SetYColumnName(column)
+            series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+            series.SetUniqueColor()
+            chart.AddAndObservePlotSeriesNodeID(series.GetID())
+        return chart
+
     # --- devices -------------------------------------------------------------------------------------
 
     def deviceDescription(self) -> str:

@@ -1,0 +1,132 @@
+"""Static checks of the panel: the .ui file against the Widget code and its parameter node (no Qt needed).
+
+`test_layout.py` checks that every `self.ui.<name>` exists; this file checks the rest of the binding: the
+`SlicerParameterName` properties name real parameters of matching types, names built at run time exist,
+every MRML widget gets the scene, and every custom widget class is declared.
+"""
+
+from __future__ import annotations
+
+import ast
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+MODULE_DIR = Path(__file__).resolve().parents[1] / "UNetSegmentation"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "UNetSegmentation.ui"
+MODULE_FILE = MODULE_DIR / "UNetSegmentation.py"
+PARAMETER_CLASS = "UNetSegmentationParameterNode"
+
+# Which widget classes the parameterNodeWrapper can bind to which annotation (its guiConnectors).
+CONNECTABLE = {
+    "bool": {"QCheckBox", "QPushButton"},
+    "int": {"QSpinBox", "QSlider", "ctkSliderWidget"},
+    "float": {"QDoubleSpinBox", "ctkSliderWidget", "ctkDoubleSpinBox"},
+    "str": {"QLineEdit", "QComboBox"},
+    "enum": {"QComboBox"},  # exactly QComboBox: the Enum connector checks type(widget) == qt.QComboBox
+    "node": {"qMRMLNodeComboBox"},
+}
+
+
+@pytest.fixture(scope="module")
+def ui() -> ET.Element:
+    return ET.parse(UI_FILE).getroot()
+
+
+@pytest.fixture(scope="module")
+def module_tree() -> ast.Module:
+    return ast.parse(MODULE_FILE.read_text())
+
+
+def widgets(ui: ET.Element) -> dict[str, ET.Element]:
+    return {w.get("name"): w for w in ui.iter("widget")}
+
+
+def parameter_name(widget: ET.Element) -> str | None:
+    for prop in widget.findall("property"):
+        if prop.get("name") == "SlicerParameterName":
+            return prop.findtext("string")
+    return None
+
+
+def node_types(widget: ET.Element) -> list[str]:
+    return [s.text for p in widget.findall("property") if p.get("name") == "nodeTypes" for s in p.iter("string")]
+
+
+def parameter_fields(tree: ast.Module) -> dict[str, tuple[str, str]]:
+    """Field name → (kind, annotation): kind is "bool", "int", "str", "enum" or "node"."""
+    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+    enums = {name for name, node in classes.items() if any(ast.unparse(b) == "enum.Enum" for b in node.bases)}
+    fields = {}
+    for statement in classes[PARAMETER_CLASS].body:
+        if isinstance(statement, ast.AnnAssign):
+            annotation = statement.annotation
+            if isinstance(annotation, ast.Subscript) and ast.unparse(annotation.value) == "Annotated":
+                annotation = annotation.slice.elts[0]
+            name = ast.unparse(annotation)
+            kind = "enum" if name in enums else "node" if name.startswith("vtkMRML") else name
+            fields[statement.target.id] = (kind, name)
+    return fields
+
+
+def test_ui_root_is_the_module_widget(ui):
+    root = ui.find("widget")
+    assert (root.get("class"), root.get("name")) == ("qMRMLWidget", "UNetSegmentation")
+
+
+def test_widget_names_are_unique(ui):
+    names = [w.get("name") for w in ui.iter("widget")]
+    assert len(names) == len(set(names))
+
+
+def test_bound_widgets_name_real_parameters_of_matching_type(ui, module_tree):
+    fields = parameter_fields(module_tree)
+    bound = {name: w for name, w in widgets(ui).items() if parameter_name(w)}
+    assert bound, "no widget carries a SlicerParameterName property"
+    for name, widget in bound.items():
+        parameter = parameter_name(widget)
+        assert parameter in fields, f"{name} binds to unknown parameter {parameter!r}"
+        kind, annotation = fields[parameter]
+        assert widget.get("class") in CONNECTABLE[kind], f"{name} ({widget.get('class')}) cannot show {annotation}"
+        if kind == "node":
+            assert annotation in node_types(widget), f"{name} does not offer {annotation} nodes"
+
+
+def test_each_parameter_is_bound_at_most_once(ui):
+    parameters = [parameter_name(w) for w in ui.iter("widget") if parameter_name(w)]
+    assert len(parameters) == len(set(parameters))
+
+
+def test_enum_parameters_have_labels_for_their_combo_boxes(module_tree):
+    classes = {node.name: node for node in module_tree.body if isinstance(node, ast.ClassDef)}
+    for name, node in classes.items():
+        if any(ast.unparse(b) == "enum.Enum" for b in node.bases):
+            methods = {f.name for f in node.body if isinstance(f, ast.FunctionDef)}
+            assert "label" in methods, f"enum {name} shows raw member names in its combo box"
+
+
+def test_names_built_at_run_time_exist(ui, module_tree):
+    extra = next(
+        ast.literal_eval(n.value) for n in module_tree.body
+        if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == "EXTRA_INPUTS"
+    )
+    names = widgets(ui)
+    for number in extra:
+        assert f"inputVolume{number}Selector" in names and f"inputVolume{number}Label" in names
+        assert parameter_name(names[f"inputVolume{number}Selector"]) == f"inputVolume{number}"
+
+
+def test_every_mrml_widget_gets_the_scene(ui):
+    mrml = {n for n, w in widgets(ui).items() if w.get("class").startswith("qMRML") and n != "UNetSegmentation"}
+    connected = {
+        c.findtext("receiver") for c in ui.iter("connection")
+        if c.findtext("sender") == "UNetSegmentation" and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"
+    }
+    assert mrml - connected == set(), "these MRML widgets would have no scene"
+
+
+def test_custom_widget_classes_are_declared(ui):
+    used = {w.get("class") for w in ui.iter("widget")}
+    declared = {c.findtext("class") for c in ui.iter("customwidget")}
+    assert {c for c in used if not c.startswith("Q")} - declared == set()
