@@ -173,9 +173,8 @@ def resample_labels(labels: ArrayLike, shape: Sequence[int]) -> ArrayLike:
     out = torch.zeros(tuple(shape), dtype=t.dtype, device=t.device)
     for value in torch.unique(t).tolist():
         weight = resample((t == value).float().unsqueeze(0), shape, "linear")[0]
-        better = weight > best
-        best = torch.where(better, weight, best)
-        out[better] = value
+        out.masked_fill_(weight > best, value)
+        torch.maximum(best, weight, out=best)
     return out.numpy() if as_numpy else out
 
 
