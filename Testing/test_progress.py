@@ -17,14 +17,14 @@ def test_every_event_is_one_json_line_that_parses_back():
     emit(0.25, "sliding window", "batch 1 of 4")
     emit.log("using cpu")
     emit.error("weights do not fit the network")
-    emit.result(output=Path("/tmp/seg.nrrd"), labels=3)
+    emit.result(output=Path("/tmp/seg.nrrd"), labels=3, hd95=float("inf"))
 
     events = [parse_progress_line(line) for line in _lines(out)]
     assert events == [
         {"type": "progress", "stage": "sliding window", "fraction": 0.25, "message": "batch 1 of 4"},
         {"type": "log", "stage": "sliding window", "message": "using cpu"},
         {"type": "error", "stage": "sliding window", "message": "weights do not fit the network"},
-        {"type": "result", "output": "/tmp/seg.nrrd", "labels": 3},
+        {"type": "result", "output": "/tmp/seg.nrrd", "labels": 3, "hd95": float("inf")},
     ]
 
 

@@ -54,7 +54,7 @@ class ProgressEmitter:
         self._write({"type": "result", **fields})
 
     def _write(self, event: dict) -> None:
-        line = json.dumps(event, default=str, allow_nan=False)
+        line = json.dumps(event, default=str)  # NaN/Infinity metrics stay readable by Python's json
         with self._lock:
             self._stream.write(line + "\n")
             self._stream.flush()
