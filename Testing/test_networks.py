@@ -101,8 +101,8 @@ def test_paper_widths_are_the_defaults():
 SEED_PARAMS = {
     ("unet", 2): 31e6,  # Ronneberger et al. 2015: 31.0 M
     ("vnet", 3): 48e6,  # Milletari et al. 2016; MONAI's VNet has 45.6 M
-    ("unetpp", 2): 42e6,  # MONAI's U-Net++ halves channels before each nested up-convolution: 36.5 M
-    ("attention_unet", 2): 35e6,  # MONAI downsamples by strided convolutions, not extra conv layers: 31.7 M
+    ("unetpp", 2): 42e6,  # MONAI's up-convolutions halve the up-sampled channels: 36.5 M (networks docstring)
+    ("attention_unet", 2): 35e6,  # MONAI merges each decoder level with one conv, not two: 31.7 M
 }
 
 

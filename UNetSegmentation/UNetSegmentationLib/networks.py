@@ -22,6 +22,13 @@ their defaults (`normalize_config` fills them in; a manifest stores its result):
 - Seed add-ons: ``hu_priors`` (None or ``{"mean", "std", "clip"}``, CT), ``fusion`` ("early" | "late") with
   ``sequences`` (MRI), ``prior_gate`` (False; 2D X-ray), ``multiscale_stem`` (False). See the classes below.
 
+Parameter counts at the paper widths (2D, 1 input, 2 classes; `benchmarks/param_counts.py`): U-Net 31.1 M
+(paper 31.0 M); V-Net 45.6 M in 3D (≈48 M quoted); nnU-Net 3D generic 31.2 M. U-Net++ has 36.5 M, not the
+≈42 M of the paper's design, because MONAI's transposed convolutions halve the channels of the up-sampled
+path before each concatenation (without halving: 44.0 M). Attention U-Net has 31.7 M, not ≈35 M, because
+MONAI merges each decoder level with one convolution instead of two (the missing second convolutions are
+the 3.1 M difference).
+
 In eval mode ``model(x)`` returns logits ``(N, num_classes, *spatial)`` of the input's spatial size for any
 input size: the input is padded (at the end of each axis) to the network's `total_stride` and the output
 cropped back, by `pad_to_multiple`, the same helper inference uses.
