@@ -437,3 +437,36 @@ def test_training_plot_has_one_series_per_curve_and_no_duplicates(scene):
     series = [chart.GetNthPlotSeriesNode(i) for i in range(chart.GetNumberOfPlotSeriesNodes())]
     assert sorted(s.GetYColumnName() for s in series) == ["loss", "val_dice"]
     assert all(s.GetTableNode() is table and s.GetXColumnName() == "epoch" for s in series)
+
+
+# --- end to end with the real `unetseg predict` and a real (hand-weighted) U-Net package ----------------
+
+
+@pytest.mark.slow
+def test_end_to_end_real_predictor_echo_model(scene, tmp_path, monkeypatch):
+    """Scene volume → storage-node NRRD → `python -m UNetSegmentationLib predict` (child, unrelated cwd) → segments.
+
+    The echo network returns the label values its input voxels hold, so the result must equal them exactly,
+    through the oblique, flipped, anisotropic geometry; its two-input twin echoes only its first input, so
+    an exact result also shows that the sequences reach the predictor in the given order.
+    """
+    from echo_model import ECHO_LABELS, echo_image, echo_package
+
+    monkeypatch.chdir(tmp_path)
+    image, labels = phantoms.ct_phantom(shape=CT_SHAPE)
+    expected = np.minimum(labels.array, 3).astype(np.uint8)  # the echo model knows labels 1..3
+    volume = add_volume(echo_image(labels.with_array(expected)), "echo input")
+    logic = UNetSegmentationLogic(catalog=None)
+    package = echo_package(tmp_path / "echo", orientation="RAS")
+
+    seg = logic.segment(volume, str(package.path), device="cpu", postprocess=False)
+
+    assert segment_names(seg) == [label.name for label in ECHO_LABELS]
+    for label in ECHO_LABELS:
+        np.testing.assert_array_equal(segment_mask(seg, label.name, volume), expected == label.value, label.name)
+
+    ct = add_volume(image, "CT")  # in HU: echoed as first input, it would give a very different result
+    two_inputs = echo_package(tmp_path / "echo2", name="echo2", inputs=2, orientation="RAS")
+    in_order = logic.segment([volume, ct], str(two_inputs.path), device="cpu", postprocess=False)
+    for label in ECHO_LABELS:
+        np.testing.assert_array_equal(segment_mask(in_order, label.name, volume), expected == label.value)
