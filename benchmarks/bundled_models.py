@@ -48,6 +48,7 @@ class ModelSpec:
     heldout_labels: tuple[str, ...] | None = None  # labels the held-out references hold (default: all)
     heldout_is_generalisation: bool = True
     links_sample: bool = True  # samples.json names this model as the one that segments its sample
+    postprocessing: tuple[tuple[str, object], ...] = (("largest_component", True),)  # stored in the manifest
 
 
 MODELS = {
@@ -58,7 +59,7 @@ MODELS = {
                   heldout_labels=("spleen",), links_sample=False),
         ModelSpec("mr-spinalcord-t2", "attention_unet", 5, ("--width", "0.25"), sample="spinalcord_t2"),
         ModelSpec("mr-brain-tissue-t1", "unet", 6, ("--width", "0.25"), sample="mni152_t1_2mm",
-                  heldout_is_generalisation=False),
+                  heldout_is_generalisation=False, postprocessing=()),
         ModelSpec("xr-lungs-drr", "unet", 4, ("--width", "0.25"), sample="xr_drr_lungs"),
     )
 }
@@ -113,12 +114,13 @@ def measure_all(package, spec: ModelSpec, folder: Path, data_root: Path, shared:
 
 
 def card(trained, spec: ModelSpec, folder: Path, command: str, cpu_s: float, wall_s: float) -> dict:
-    """The bundled manifest: the trainer's, with our name, labels (colours, terminology) and provenance."""
+    """The bundled manifest: the trainer's (labels with colours and terminology from dataset.json), with our
+    name, description, post-processing and provenance."""
     doc = json.loads((folder / "dataset.json").read_text())
     manifest = json.loads(json.dumps(trained.manifest))
     manifest.update(name=spec.name, version="1.0", description=f"{doc['description']}. Trained by "
-                    f"benchmarks/bundled_models.py with `unetseg train` on the CPU. Data: {doc['training_data']}.",
-                    labels=doc["label_details"])
+                    f"benchmarks/bundled_models.py with `unetseg train` on the CPU. Data: {doc['training_data']}.")
+    manifest["inference"]["postprocessing"] = dict(spec.postprocessing)
     trainer_metrics = manifest.get("provenance", {}).get("metrics")
     manifest["provenance"] = {
         **manifest.get("provenance", {}),
