@@ -94,6 +94,11 @@ class StubCatalog:
             raise ValueError(f"No model named {name!r}.")
         return self.packages[name]
 
+    def import_model(self, path):
+        manifest = json.loads((Path(path) / "model.json").read_text())
+        self.packages[manifest["name"]] = SimpleNamespace(name=manifest["name"], modality="CT", variant="unet")
+        return manifest["name"]
+
 
 @pytest.fixture
 def scene(mrml_scene, tmp_path, monkeypatch):
@@ -419,7 +424,8 @@ def test_training_curves_table_from_epoch_events(scene):
         {"type": "progress", "stage": "train", "fraction": 0.1, "epoch": 0, "loss": 1.5},
         {"type": "log", "message": "saved checkpoint"},
         {"type": "progress", "stage": "train", "fraction": 0.2, "epoch": 0, "val_dice": 0.3},
-        {"type": "progress", "stage": "train", "fraction": 0.4, "epoch": 1, "loss": 0.9, "val_dice": 0.6},
+        {"type": "progress", "stage": "train", "fraction": 0.4, "epoch": 1, "loss": 0.9, "val_dice": 0.6,
+         "iteration": 40, "eta_s": 12.0},
     ])
     table = UNetSegmentationLogic(catalog=StubCatalog({})).trainingCurves(run)
     assert [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())] == ["epoch", "loss", "val_dice"]
@@ -470,3 +476,36 @@ def test_end_to_end_real_predictor_echo_model(scene, tmp_path, monkeypatch):
     in_order = logic.segment([volume, ct], str(two_inputs.path), device="cpu", postprocess=False)
     for label in ECHO_LABELS:
         np.testing.assert_array_equal(segment_mask(in_order, label.name, volume), expected == label.value)
+
+
+def test_train_from_scene_cases_exports_runs_and_imports_the_model(scene, fake, tmp_path):
+    image, labels = phantoms.ct_phantom(shape=CT_SHAPE)
+    volume = add_volume(image, "CT")
+    logic = fake("echo", labels.array)
+    seg = logic.segment(volume, "fake-model")
+    before = set(logic.availableModels())
+    events = []
+
+    run = logic.train([seg], variant="unet", timeBudgetMinutes=5, device="cpu", name="my-unet",
+                      progressCallback=events.append)
+    name = run.wait(timeout=120)
+
+    assert name == "my-unet" and set(logic.availableModels()) == before | {"my-unet"}
+    record = json.loads((tmp_path / "record.json").read_text())
+    argv = record["argv"]
+    assert argv[argv.index("--variant") + 1] == "unet" and argv[argv.index("--time-budget") + 1] == "5"
+    assert record["dataset"] == ["dataset.json", "imagesTr", "labelsTr"]
+    table = logic.trainingCurves(run)
+    np.testing.assert_allclose(slicer.util.arrayFromTableColumn(table, "val_dice"), [0.3, 0.6])
+    assert any(e.get("epoch") == 1 for e in events)
+    assert work_leftovers(tmp_path) == []
+
+
+def test_failed_training_imports_nothing(scene, fake, tmp_path):
+    logic = fake("fail")
+    with pytest.raises(RuntimeError, match="dataset has no labels"):
+        logic.train(str(tmp_path), variant="nnunet", waitForCompletion=True)
+    assert logic.availableModels() == ["fake-model"]
+    assert work_leftovers(tmp_path) == []
+    with pytest.raises(ValueError, match="Unknown variant"):
+        logic.train(str(tmp_path), variant="resnet")

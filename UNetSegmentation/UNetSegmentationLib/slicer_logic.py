@@ -45,6 +45,8 @@ MODEL_TAG = "UNetSegmentation.Model"
 FINGERPRINT_TAG = "UNetSegmentation.Fingerprint"
 LABEL_VALUE_TAG = "UNetSegmentation.LabelValue"
 TRAINING_FILE_ENDING = ".nrrd"
+# Numbers in the trainer's progress events that are not curves to plot against the epoch.
+_NOT_CURVES = {"fraction", "iteration", "eta_s"}
 
 ProgressCallback = Callable[[dict], None]
 
@@ -399,6 +401,7 @@ class UNetSegmentationLogic:
         timeBudgetMinutes: float | None = None,
         initModel: str | None = None,
         device: str = "auto",
+        name: str | None = None,
         extraArgs: Sequence[str] = (),
         waitForCompletion: bool = False,
         progressCallback: ProgressCallback | None = None,
@@ -407,8 +410,9 @@ class UNetSegmentationLogic:
         """Train (or fine-tune from `initModel`) a model with `unetseg train` in a background process.
 
         `dataset` is a dataset folder or a list of segmentation nodes (exported with
-        `exportTrainingCases`). When the run succeeds, the new model is imported into the catalog and its
-        name is the result. Returns a `BackgroundRun`, or the model name with `waitForCompletion`.
+        `exportTrainingCases`). The model is called `name` (default: variant and start time, so runs never
+        clash). When the run succeeds, it is imported into the catalog and its name is the result. Returns a
+        `BackgroundRun`, or the model name with `waitForCompletion`.
         """
         if variant not in VARIANTS:
             raise ValueError(f"Unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}.")
@@ -422,6 +426,7 @@ class UNetSegmentationLogic:
                 datasetFolder = self.exportTrainingCases(list(dataset), workDir / "dataset")
             modelFolder = workDir / "model"
             args = ["train", str(datasetFolder), "--variant", variant, "--out", str(modelFolder), "--device", device]
+            args += ["--name", name or f"{variant}-{time.strftime('%Y%m%d-%H%M%S')}"]
             if timeBudgetMinutes:
                 args += ["--time-budget", f"{timeBudgetMinutes:g}"]
             if initModel:
@@ -850,7 +855,10 @@ def _epochRows(events: list[dict]) -> list[dict]:
     for event in events:
         if not isinstance(event.get("epoch"), (int, float)):
             continue
-        numbers = {k: float(v) for k, v in event.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        numbers.pop("fraction", None)
+        numbers = {
+            k: float(v)
+            for k, v in event.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in _NOT_CURVES
+        }
         rows.setdefault(numbers["epoch"], {}).update(numbers)
     return [rows[epoch] for epoch in sorted(rows)]
