@@ -253,7 +253,9 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._restoreSettings(parameterNode)
             parameterNode.settingsRestored = True
         if not parameterNode.inputVolume:
-            parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            images = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                      if not n.IsA("vtkMRMLLabelMapVolumeNode")]
+            parameterNode.inputVolume = images[0] if images else None
         self.setParameterNode(parameterNode)
 
     def setParameterNode(self, inputParameterNode) -> None:
