@@ -235,7 +235,9 @@ class UNetSegmentationLogic:
 
         Runs `unetseg predict` in a background process. With `waitForCompletion` (scripts) it returns the
         segmentation node; otherwise a `BackgroundRun` to `poll()` (the panel) whose `result` is the node.
-        `postprocess=None` keeps the model's default, False turns post-processing off. Writing into an
+        `tta=True` adds mirroring test-time augmentation (False keeps the model's default: `unetseg predict`
+        has no switch to turn a manifest's TTA off); `postprocess=None` keeps the model's default, False turns
+        post-processing off. Writing into an
         existing `outputSegmentation` replaces only the segments named like this model's labels (see
         `editedSegments` to ask first). On failure or cancel the scene is left as it was.
         """
