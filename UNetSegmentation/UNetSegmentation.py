@@ -5,7 +5,6 @@ the Python-console API. Nothing here imports torch or MONAI: Slicer start-up sta
 """
 
 import enum
-import json
 import logging
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from slicer.util import VTKObservationMixin
 
 from UNetSegmentationLib.dependencies import DependencyInstaller
 from UNetSegmentationLib.modality import MODALITY_TITLES
+from UNetSegmentationLib.sample_data import load_samples, sample_path
 from UNetSegmentationLib.slicer_logic import UNetSegmentationLogic
 
 __all__ = ["UNetSegmentation", "UNetSegmentationLogic", "UNetSegmentationTest", "UNetSegmentationWidget"]
@@ -61,6 +61,24 @@ class UNetSegmentation(ScriptedLoadableModule):
             "Built on MONAI, PyTorch, SimpleITK and slicerio; planning rules after nnU-Net (Isensee et al., "
             "Nature Methods 2021). Bundled models are trained by this extension's own trainer on openly "
             "licensed data; see each model's card."
+        )
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    """Register the bundled samples (CT, MRI and a 2D radiograph, which Slicer lacks) in Sample Data."""
+    import SampleData
+
+    for sample in load_samples():
+        files = [sample_path(name) for name in sample["images"]]
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(
+            category="UNetSegmentation",
+            sampleName=sample["name"],
+            uris=[path.as_uri() for path in files],
+            fileNames=[path.name for path in files],
+            nodeNames=[f"{sample['name']}_{i}" if len(files) > 1 else sample["name"] for i in range(len(files))],
+            thumbnailFileName=str(Path(__file__).parent / "Resources" / "Icons" / "UNetSegmentation.png"),
+            loadFileType="VolumeFile",
         )
 
 
@@ -664,7 +682,6 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 class UNetSegmentationTest(ScriptedLoadableModuleTest):
     """Self-test run inside Slicer (Developer mode → Reload and Test, or ctest): real model, real sample, CPU."""
 
-    SAMPLES = Path(__file__).resolve().parent / "Resources" / "SampleData"
     MIN_DICE = 0.5  # far below any bundled model's card, far above what a flipped or shifted result gets
 
     def setUp(self):
@@ -693,13 +710,13 @@ class UNetSegmentationTest(ScriptedLoadableModuleTest):
             self.delayDisplay("No bundled sample names a bundled model: nothing to segment")
             return
         self.delayDisplay(f"Segmenting {sample['name']} with {sample['model']} on the CPU")
-        volumes = [slicer.util.loadVolume(str(self.SAMPLES / name)) for name in sample["images"]]
+        volumes = [slicer.util.loadVolume(str(sample_path(name))) for name in sample["images"]]
         segmentation = logic.segment(volumes, sample["model"], device="cpu")
         package = logic.modelInfo(sample["model"])
         names = [segmentation.GetSegmentation().GetNthSegment(i).GetName()
                  for i in range(segmentation.GetSegmentation().GetNumberOfSegments())]
         self.assertEqual(names, [label.name for label in package.labels])
-        reference = logic.importLabelmap(self.SAMPLES / sample["reference"], volumes[0], package.labels)
+        reference = logic.importLabelmap(sample_path(sample["reference"]), volumes[0], package.labels)
         table = logic.evaluate(segmentation, reference, volumes[0])
         dice = slicer.util.arrayFromTableColumn(table, "dice")
         for row, value in enumerate(dice):
@@ -708,6 +725,5 @@ class UNetSegmentationTest(ScriptedLoadableModuleTest):
 
     def _sampleWithModel(self, logic):
         """The first bundled sample whose model is in the catalog (None when there is none)."""
-        samples = json.loads((self.SAMPLES / "samples.json").read_text())["samples"]
         available = set(logic.availableModels())
-        return next((s for s in samples if s.get("model") in available), None)
+        return next((s for s in load_samples() if s.get("model") in available), None)

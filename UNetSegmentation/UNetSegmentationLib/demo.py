@@ -7,23 +7,13 @@ sample's reference label and the wall time. What is missing is reported plainly;
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
 from .image import Image, LabelImage
-
-SAMPLE_DIR = Path(__file__).resolve().parents[1] / "Resources" / "SampleData"
-SAMPLES_FILE = SAMPLE_DIR / "samples.json"
-
-
-def load_samples() -> list[dict]:
-    """The bundled sample volumes (`Resources/SampleData/samples.json`), each with its files and licence."""
-    if not SAMPLES_FILE.is_file():
-        return []
-    return json.loads(SAMPLES_FILE.read_text())["samples"]
+from .sample_data import SAMPLE_DIR, load_samples, sample_path
 
 
 def _window(array: np.ndarray) -> np.ndarray:
@@ -79,7 +69,7 @@ def run_demo(out_dir: str | Path = "demo-output") -> int:
     """Segment the first bundled CT sample with its default model; print Dice and wall time. Returns the exit code."""
     from .catalog import Catalog
 
-    samples = [s for s in load_samples() if s.get("modality") == "CT"]
+    samples = load_samples(modality="CT")
     if not samples:
         print(f"No bundled CT sample in {SAMPLE_DIR} yet: nothing to segment. (Bundled samples: issue #6.)")
         return 1
@@ -95,7 +85,7 @@ def run_demo(out_dir: str | Path = "demo-output") -> int:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    image = read_image(SAMPLE_DIR / sample["images"][0])
+    image = read_image(sample_path(sample["images"][0]))
     model = catalog.get(model_name)
     print(f"Segmenting sample '{sample['name']}' {image.shape} with model '{model.name}' on the CPU …")
     start = time.perf_counter()
@@ -105,7 +95,7 @@ def run_demo(out_dir: str | Path = "demo-output") -> int:
     png_path = overlay_png(out / f"{sample['name']}.png", image, result)
     print(f"Wrote {seg_path} and {png_path} in {elapsed:.1f} s (segmentation only).")
     if sample.get("reference"):
-        reference = read_label_image(SAMPLE_DIR / sample["reference"])
+        reference = read_label_image(sample_path(sample["reference"]))
         values = [label.value for label in result.labels]
         spacing_zyx = tuple(reversed(image.spacing))
         scores = compute_metrics(result.image.array, reference.image.array, values, spacing_zyx)
