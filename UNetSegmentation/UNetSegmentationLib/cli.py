@@ -131,9 +131,71 @@ def _run_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train (or fine-tune) a model on a dataset; the result is a model package")
+    p.add_argument("dataset", help="nnU-Net or MSD dataset folder, or a JSON/CSV list of image/label pairs")
+    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="output folder: the model package and checkpoints")
+    p.add_argument("--variant", choices=["nnunet", "unet", "vnet", "unetpp", "attention_unet"], default="nnunet")
+    p.add_argument("--plans", help="plans file from `unetseg plan` (default: DATASET/plans.json, else planned now)")
+    p.add_argument("--configuration", choices=["2d", "3d_fullres"], help="plan configuration (default: 3D for volumes)")
+    p.add_argument("--epochs", type=int, help="epochs to train (default: the plan's 1000, or until --time-budget)")
+    p.add_argument("--time-budget", dest="time_budget_min", type=float, metavar="MINUTES",
+                   help="stop after this many minutes of training (the learning rate decays over the budget)")
+    p.add_argument("--iterations-per-epoch", type=int, help="optimiser steps per epoch (default: 250)")
+    p.add_argument("--val-every", type=int, help="validate every N epochs (default: 1)")
+    p.add_argument("--val-fraction", type=float, help="share of cases held out for validation (default: 0.2)")
+    p.add_argument("--val-cases", nargs="+", metavar="CASE", help="validate on these cases instead")
+    p.add_argument("--batch-size", type=int, help="patches per step (default: the plan's)")
+    p.add_argument("--patch-size", type=int, nargs="+", help="patch size z y x (or y x) (default: the plan's)")
+    p.add_argument("--loss", choices=["dice_ce", "dice_focal", "focal", "dice"], default="dice_ce")
+    p.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
+    p.add_argument("--lr", dest="learning_rate", type=float, help="initial learning rate (SGD 1e-2, AdamW 1e-3)")
+    p.add_argument("--width", type=float, help="feature-count multiplier (default: the plan's; 0.5 GPU / 0.25 CPU "
+                                               "for the other variants)")
+    p.add_argument("--no-deep-supervision", dest="deep_supervision", action="store_const", const=False)
+    p.add_argument("--elastic", action="store_const", const=True, help="add elastic deformation to augmentation")
+    p.add_argument("--mirror-axes", type=int, nargs="*", help="patch axes to mirror (default: all but left-right "
+                                                              "when labels name a side)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    p.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no mixed precision on CUDA")
+    p.add_argument("--workers", dest="num_workers", type=int, help="data-loading worker processes (default: 0)")
+    p.add_argument("--gpu-memory-gb", type=float, help="memory budget when planning now (default: 8)")
+    p.add_argument("--name", help="model name (default: the dataset's name or the output folder's)")
+    p.add_argument("--description", help="model description for the catalog")
+    p.add_argument("--modality", type=str.upper, choices=["CT", "MR", "XR"], help="default: from the dataset")
+    p.add_argument("--half", action="store_const", const=True, help="store the weights in half precision")
+    p.add_argument("--init", metavar="MODEL", help="fine-tune from this model (catalog name, folder or zip)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--cache-dir", help="preprocessed-case cache (default: ~/.cache/unetseg/preprocessed)")
+    p.add_argument("--progress", choices=["json", "text"], default="text",
+                   help="json: one JSON object per line (epoch, losses, validation Dice, ETA); text: readable lines")
+    p.set_defaults(handler=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .training import run_train_command
+
+    return run_train_command(vars(args), sys.argv[1:])
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="compare predicted label maps with references: Dice, IoU, HD95, ASSD")
+    p.add_argument("pred_dir", help="folder of predicted label maps (.nii.gz, .nrrd, .seg.nrrd, .mha …)")
+    p.add_argument("ref_dir", help="folder of reference label maps with the same case names")
+    p.add_argument("--out", default=None, metavar="CSV", help="per-case, per-class CSV (default: PRED_DIR/metrics.csv)")
+    p.set_defaults(handler=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import run_evaluate_command
+
+    return run_evaluate_command(args.pred_dir, args.ref_dir, args.out)
+
+
 # Each entry adds one subcommand's parser; keep them in the order `--help` should list them.
 _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_demo, _add_plan, _add_models, _add_predict, _add_export_onnx,
+    _add_demo, _add_plan, _add_models, _add_predict, _add_export_onnx, _add_train, _add_evaluate,
 ]  # fmt: skip
 
 
