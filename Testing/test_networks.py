@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from torch_threads import one_thread  # noqa: F401  (autouse: torch on one thread)
 
 from UNetSegmentationLib import networks
 
@@ -34,7 +35,6 @@ def param_count(model: torch.nn.Module) -> int:
 MATRIX = [(v, d) for v in networks.VARIANTS for d in (2, 3)]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("variant", "dims"), MATRIX)
 def test_forward_backward_autocast_and_rebuild(variant, dims):
     torch.manual_seed(0)
@@ -106,7 +106,6 @@ SEED_PARAMS = {
 }
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("variant", "dims"), list(SEED_PARAMS))
 def test_parameter_counts_at_paper_width_match_the_seed_table(variant, dims):
     model = networks.build_network({"variant": variant, "spatial_dims": dims, "in_channels": 1, "num_classes": 2})

@@ -5,17 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch_threads import one_thread  # noqa: F401  (autouse: torch on one thread)
 
 from UNetSegmentationLib import losses, metrics, networks, phantoms
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny tensors gain nothing from threads, and a busy 2-core machine makes OpenMP threads spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def overfit(config: dict, image: np.ndarray, labels: np.ndarray, max_steps: int = 300) -> dict[int, float]:
@@ -40,8 +32,7 @@ def overfit(config: dict, image: np.ndarray, labels: np.ndarray, max_steps: int 
     return dices
 
 
-@pytest.mark.slow
-def test_tiny_2d_unet_overfits_an_xray_phantom(one_thread):
+def test_tiny_2d_unet_overfits_an_xray_phantom():
     image, labels = phantoms.xray_phantom(shape=(64, 56))
     config = {"variant": "unet", "spatial_dims": 2, "in_channels": 1, "num_classes": 3, "width": 1 / 16}
     dices = overfit(config, image.array, labels.array[0])  # the one-slice (1, y, x) image is (C=1, y, x)
@@ -49,7 +40,7 @@ def test_tiny_2d_unet_overfits_an_xray_phantom(one_thread):
 
 
 @pytest.mark.slow
-def test_tiny_3d_nnunet_overfits_a_ct_phantom(one_thread):
+def test_tiny_3d_nnunet_overfits_a_ct_phantom():
     image, labels = phantoms.ct_phantom(shape=(12, 24, 24), spacing=(4.0, 4.0, 8.0))
     config = {
         "variant": "nnunet",
