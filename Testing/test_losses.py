@@ -86,9 +86,9 @@ def test_target_with_or_without_channel_axis():
 
 def test_deep_supervision_weights_follow_nnunet():
     assert losses.deep_supervision_weights(1) == [1.0]
-    assert losses.deep_supervision_weights(3) == pytest.approx([2 / 3, 1 / 3, 0.0])
+    assert losses.deep_supervision_weights(3) == pytest.approx([4 / 7, 2 / 7, 1 / 7])
     weights = losses.deep_supervision_weights(5)
-    assert weights[-1] == 0 and sum(weights) == pytest.approx(1.0) and weights[0] == 2 * weights[1]
+    assert sum(weights) == pytest.approx(1.0) and weights[0] == 2 * weights[1] == 16 * weights[4]
 
 
 def test_deep_supervision_downsamples_the_target():
@@ -96,8 +96,14 @@ def test_deep_supervision_downsamples_the_target():
     labels = torch.randint(0, 3, (2, 1, 8, 12))
     outputs = [torch.randn(2, 3, 8, 12), torch.randn(2, 3, 4, 6), torch.randn(2, 3, 2, 3)]
     loss = losses.build_loss({"name": "dice_ce"})
-    half = torch.nn.functional.interpolate(labels.float(), size=(4, 6), mode="nearest-exact")
-    expected = 2 / 3 * float(loss(outputs[0], labels)) + 1 / 3 * float(loss(outputs[1], half))
+    half, quarter = (
+        torch.nn.functional.interpolate(labels.float(), size=size, mode="nearest-exact") for size in ((4, 6), (2, 3))
+    )
+    expected = (
+        4 / 7 * float(loss(outputs[0], labels))
+        + 2 / 7 * float(loss(outputs[1], half))
+        + 1 / 7 * float(loss(outputs[2], quarter))
+    )
     assert float(loss(outputs, labels)) == pytest.approx(expected, rel=1e-5)
 
 

@@ -66,7 +66,7 @@ def test_forward_backward_autocast_and_rebuild(variant, dims):
 
 
 @pytest.mark.parametrize(
-    ("variant", "levels", "full_res_only"), [("unet", 4, False), ("nnunet", 3, False), ("unetpp", 4, True)]
+    ("variant", "levels", "full_res_only"), [("unet", 3, False), ("nnunet", 2, False), ("unetpp", 4, True)]
 )
 def test_deep_supervision_outputs(variant, levels, full_res_only):
     model = networks.build_network(tiny_config(variant, 3, deep_supervision=True))
@@ -128,7 +128,7 @@ def test_normalize_config_is_complete_idempotent_and_json():
     assert json.loads(json.dumps(config)) == config
     assert networks.normalize_config(config) == config
     assert config["filters"] == [32, 64, 128, 256, 320, 320]
-    assert config["strides"][0] == [1, 1, 1] and config["deep_supr_num"] == 4
+    assert config["strides"][0] == [1, 1, 1] and config["deep_supr_num"] == 3  # nnU-Net's non-zero-weight heads
     assert config["norm"] == "instance" and config["fusion"] == "early" and config["sequences"] == 2
 
 

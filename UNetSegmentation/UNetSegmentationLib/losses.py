@@ -10,7 +10,9 @@ MONAI's implementations do the work (DiceLoss, FocalLoss, DiceCELoss, DeepSuperv
   voxel (so focal with gamma 0 equals cross-entropy). MONAI's own DiceFocalLoss is not used: its focal term
   is sigmoid-based whatever the Dice term does.
 - Deep supervision (nnU-Net's rule): the target is down-sampled by nearest neighbour to each output's size,
-  weights are 1/2^i for output i, 0 for the lowest resolution, normalised to sum to 1.
+  weights are 1/2^i for output i, normalised to sum to 1. nnU-Net also computes the lowest decoder level
+  and gives it weight 0; our networks do not produce that output at all (``deep_supr_num`` counts the
+  outputs that are trained), which trains identically without the wasted head.
 
 Config keys (defaults): ``name`` ("dice_ce"; one of `LOSSES`), ``dice_weight`` (1.0), ``ce_weight`` (1.0),
 ``focal_weight`` (1.0), ``gamma`` (2.0), ``alpha`` (None: no class balancing; a number a weights the
@@ -60,10 +62,8 @@ def normalize_loss_config(config: dict) -> dict:
 
 
 def deep_supervision_weights(levels: int) -> list[float]:
-    """nnU-Net's deep-supervision weights: 1/2^i, the lowest resolution 0 (if there are several), summing to 1."""
+    """nnU-Net's deep-supervision weights for the outputs it trains: 1/2^i, normalised to sum to 1."""
     weights = [0.5**i for i in range(levels)]
-    if levels > 1:
-        weights[-1] = 0.0
     total = sum(weights)
     return [w / total for w in weights]
 

@@ -16,7 +16,8 @@ their defaults (`normalize_config` fills them in; a manifest stores its result):
   statistics are noise. MONAI's V-Net and Attention U-Net hard-code BatchNorm; it is swapped here.
 - ``dropout`` (0.0): also for V-Net, whose MONAI default of 0.5 is not used.
 - ``deep_supervision`` (False) for unet, unetpp and nnunet, with ``deep_supr_num`` (unet, nnunet: the number
-  of lower-resolution outputs; default all but the bottleneck as in nnU-Net). In train mode the network then
+  of lower-resolution outputs; default: the decoder levels nnU-Net trains with a non-zero weight, i.e. all but
+  the lowest, which nnU-Net computes only to weight it 0). In train mode the network then
   returns a list of logits ``[full resolution, 1/2, 1/4, …]``, each at its own resolution (U-Net++: its
   nested outputs, all at full resolution, deepest first).
 - Seed add-ons: ``hu_priors`` (None or ``{"mean", "std", "clip"}``, CT), ``fusion`` ("early" | "late") with
@@ -214,7 +215,7 @@ def _deep_supervision(config: dict, cfg: dict) -> dict:
     if variant not in ("unet", "nnunet"):
         return {}
     most = _LEVELS - 2 if variant == "unet" else len(cfg["strides"]) - 2
-    value = int(config.get("deep_supr_num", most))
+    value = int(config.get("deep_supr_num", max(1, most - 1)))
     if not 1 <= value <= most:
         raise ValueError(f"deep_supr_num must be between 1 and {most} for this {variant}; got {value}.")
     return {"deep_supr_num": value}
