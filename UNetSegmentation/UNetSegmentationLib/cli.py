@@ -176,7 +176,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from .training import run_train_command
 
-    return run_train_command(vars(args), sys.argv[1:])
+    return run_train_command(vars(args), args.argv)
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -216,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `unetseg` and `python -m UNetSegmentationLib`; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for provenance (the training command)
     if getattr(args, "handler", None) is None:
         parser.print_help()
         return 0

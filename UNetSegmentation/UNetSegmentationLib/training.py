@@ -393,10 +393,11 @@ def load_init_weights(model: nn.Module, pkg: ModelPackage, log: Callable[[str], 
     state = load_state_dict(pkg)
     own = model.state_dict()
     fresh = [k for k in own if k in state and state[k].shape != own[k].shape]
-    problems = fit_problems(own, {k: v for k, v in state.items() if k not in fresh})
+    kept = {k: v for k, v in state.items() if k not in fresh}
+    problems = fit_problems({k: v for k, v in own.items() if k not in fresh}, kept)
     if problems:
         raise ValueError(f"The weights of {pkg.name} do not fit its own network config: " + "; ".join(problems))
-    model.load_state_dict({k: v for k, v in state.items() if k not in fresh}, strict=False)
+    model.load_state_dict(kept, strict=False)
     if fresh:
         log(f"fine-tuning {pkg.name} with new labels: fresh output layer(s) {', '.join(fresh)}")
     else:
@@ -894,6 +895,8 @@ def run_train_command(args: dict, argv: Sequence[str]) -> int:
         except (DatasetError, PackageError, ValueError, FileNotFoundError) as err:
             _report_failure(emitter, str(err))
             return 2
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun, rank 0 alone reports
     if emitter is not None:
         emitter.result(output=str(pkg.path), name=pkg.name, metrics=pkg.provenance.get("metrics", {}))
     else:
