@@ -70,8 +70,7 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike,
     for case, ref_path in refs.items():
         ref = read_label_image(ref_path)
         pred = _prediction(preds.get(case), ref, case)
-        names.update(_label_names(ref))
-        for value, name in _label_names(pred).items():
+        for value, name in {**_label_names(pred), **_label_names(ref)}.items():
             names.setdefault(value, name)
         present = {int(v) for v in np.unique(ref.image.array)} | {int(v) for v in np.unique(pred.image.array)}
         values = sorted(present - {0})
@@ -80,7 +79,7 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike,
         rows.extend({"case": case, "label": value, "prediction": "" if case in preds else "missing", **m}
                     for value, m in metrics.items())
     for row in rows:
-        row["name"] = names.get(row["label"], f"label_{row['label']}")
+        row["name"] = names.get(row["label"], f"Label {row['label']}")
     csv_path = Path(out_csv) if out_csv is not None else Path(pred_dir) / "metrics.csv"
     write_csv(csv_path, rows)
     summary = summarise(rows, names)
@@ -104,7 +103,8 @@ def _prediction(path: Path | None, ref: LabelImage, case: str) -> LabelImage:
 
 
 def _label_names(label_image: LabelImage) -> dict[int, str]:
-    return {label.value: label.name for label in label_image.labels}
+    """Segment names a file really carries (a .seg.nrrd), not the generic "Label N" of plain label maps."""
+    return {label.value: label.name for label in label_image.labels if label.name != f"Label {label.value}"}
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:
@@ -122,7 +122,7 @@ def summarise(rows: list[dict], names: dict[int, str]) -> dict:
     labels = {}
     for value in sorted({row["label"] for row in rows}):
         mine = [row for row in rows if row["label"] == value]
-        entry: dict = {"name": names.get(value, f"label_{value}"), "cases": len(mine)}
+        entry: dict = {"name": names.get(value, f"Label {value}"), "cases": len(mine)}
         for key in _MEANS:
             finite = [float(row[key]) for row in mine if math.isfinite(row[key])]
             entry[f"{key}_mean"] = float(np.mean(finite)) if finite else None
