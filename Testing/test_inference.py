@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from echo_model import echo_image, echo_package
+from echo_model import echo_image, echo_package, echo_state_dict
 from monai.data.utils import compute_importance_map, dense_patch_slices
 from monai.inferers import sliding_window_inference
 from monai.inferers.utils import _get_scan_interval
@@ -16,6 +16,8 @@ from UNetSegmentationLib import phantoms, torch_backend
 from UNetSegmentationLib.image import Image
 from UNetSegmentationLib.inference import SegmentationCancelled, segment
 from UNetSegmentationLib.linear_resampling import ArrayOps, argmax_on_grid, resample_linear
+from UNetSegmentationLib.package import save_package
+from UNetSegmentationLib.postprocessing import keep_largest_component
 from UNetSegmentationLib.preprocessing import resample
 from UNetSegmentationLib.windows import count_windows, gaussian_weights, sliding_window, window_slices
 
@@ -151,6 +153,33 @@ def test_2d_model_slice_by_slice_on_a_volume(echo):
     labels = _labels_up_to_3(labels)
     result = segment(echo_image(labels), echo["slice_wise"], device="cpu")
     np.testing.assert_array_equal(result.image.array, labels.array)
+
+
+def test_postprocessing_follows_the_manifest_unless_switched_off(tmp_path):
+    package = echo_package(tmp_path / "pp", orientation="RAS")
+    manifest = {**package.manifest, "inference": {**package.manifest["inference"],
+                                                  "postprocessing": {"largest_component": [1]}}}  # fmt: skip
+    package = save_package(tmp_path / "pp", manifest, echo_state_dict(manifest["network"]))
+    _, labels = phantoms.ct_phantom(shape=(16, 30, 24))
+    labels = _labels_up_to_3(labels)
+    island = labels.array.copy()
+    island[1, 1, 1] = 1  # a stray voxel far from the organ
+    image = echo_image(labels.with_array(island))
+    expected = keep_largest_component(labels.array, [1])  # the phantom's own organ label, largest part only
+    assert np.count_nonzero(expected != island) > 1
+    np.testing.assert_array_equal(segment(image, package, device="cpu").image.array, expected)
+    np.testing.assert_array_equal(segment(image, package, device="cpu", postprocess=False).image.array, island)
+
+
+def test_dense_crf_runs_on_the_network_grid(echo):
+    _, labels = phantoms.ct_phantom(shape=(16, 30, 24))
+    block = np.zeros(labels.shape, np.uint8)
+    block[3:13, 6:24, 5:19] = 1  # big enough to survive the CRF's smoothing of the echo's weak scores
+    organ = labels.with_array(block)
+    refined = segment(echo_image(organ), echo["exact"], device="cpu", postprocess={"crf": True}).image.array
+    assert 2 * np.count_nonzero(refined & organ.array) / (refined.sum() + organ.array.sum()) > 0.95
+    with pytest.raises(ValueError, match="CRF post-processing step needs PyTorch"):
+        segment(echo_image(organ), echo["exact"], device="cpu", postprocess={"crf": True}, backend="onnx")
 
 
 # ------------------------------------------------------------------------------------------ progress and cancel

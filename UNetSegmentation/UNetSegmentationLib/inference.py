@@ -120,10 +120,15 @@ def segment(
             "segment, so the segmentation is empty. Check that the right image was selected."
         )
         return _finish(run, inputs[0], np.zeros(inputs[0].shape, dtype=np.uint8), package)
-    settings = window_settings(package, device, tta, window_batch_size)
+    options = postprocess_options(package, postprocess)
+    settings = window_settings(package, device, tta, window_batch_size, crf=bool(options.pop("crf", False)))
     labels = _predict(inputs, package, settings, backend, run)
     run.check_cancel()
-    labels = postprocess_labels(labels, inputs[0], package, postprocess, run)
+    if options:
+        from .postprocessing import postprocess as run_postprocessing
+
+        run.report(_RESTORED, "post-processing")
+        labels = run_postprocessing(labels, tuple(reversed(inputs[0].spacing)), options)
     return _finish(run, inputs[0], labels, package)
 
 
@@ -140,7 +145,8 @@ def _predict(
     volume = normalised_volume([preprocessing.crop(image.array, box) for image in oriented], package)
     cropped_grid = network_grid(volume.shape[1:], spacing, package, settings)
     run.report(_PREPARED, "preprocessed")
-    labels = _backend_module(backend).predict_labels(package, volume, cropped_grid, settings, run)
+    grid_spacing = tuple(n * s / g for n, s, g in zip(volume.shape[1:], spacing, cropped_grid, strict=True))
+    labels = _backend_module(backend).predict_labels(package, volume, cropped_grid, grid_spacing, settings, run)
     run.check_cancel()
     labels = preprocessing.uncrop(labels, box, oriented[0].shape)
     run.report(_RESTORED, "labels on the input grid")
@@ -240,7 +246,7 @@ def constant_inputs(inputs: list[Image], package: ModelPackage) -> list[str]:
 
 
 def window_settings(
-    package: ModelPackage, device: str, tta: bool | None, batch_size: int | None
+    package: ModelPackage, device: str, tta: bool | None, batch_size: int | None, crf: bool = False
 ) -> WindowSettings:
     """The sliding-window settings from the manifest's inference defaults and the call's overrides."""
     inference = package.inference
@@ -262,6 +268,7 @@ def window_settings(
         mirror_axes=tuple(int(a) for a in inference.get("mirror_axes", ())) if use_tta else (),
         device=device,
         batch_size=batch_size,
+        crf=crf,
     )
 
 
@@ -362,18 +369,15 @@ def normalised_volume(arrays: list[np.ndarray], package: ModelPackage) -> np.nda
 # ---------------------------------------------------------------------------------------------- postprocessing
 
 
-def postprocess_labels(
-    labels: np.ndarray, grid: Image, package: ModelPackage, override: bool | dict | None, run: Progress
-) -> np.ndarray:
-    """Apply the manifest's post-processing (or the call's override; False switches it off)."""
-    options = package.inference.get("postprocessing") or {}
-    if override is False:
-        return labels
-    if isinstance(override, dict):
-        options = {**options, **override}
-    if not options:
-        return labels
-    from .postprocessing import postprocess
+def postprocess_options(package: ModelPackage, override: bool | dict | None) -> dict:
+    """The post-processing steps to run: the manifest's, updated by the call's dict; False switches all off.
 
-    run.report(_RESTORED, "post-processing")
-    return postprocess(labels, tuple(reversed(grid.spacing)), options)
+    The dense CRF (``"crf"``) refines class scores, so the backend runs it on the network grid before the
+    arg-max; the other steps work on the label map.
+    """
+    if override is False:
+        return {}
+    options = dict(package.inference.get("postprocessing") or {})
+    if isinstance(override, dict):
+        options.update(override)
+    return options

@@ -117,9 +117,18 @@ class WindowRunner:
 
 
 def predict_labels(
-    package: Any, volume: np.ndarray, grid: Sequence[int], settings: WindowSettings, run: Any
+    package: Any,
+    volume: np.ndarray,
+    grid: Sequence[int],
+    grid_spacing: Sequence[float],
+    settings: WindowSettings,
+    run: Any,
 ) -> np.ndarray:
     """Labels (z, y, x) on the grid of `volume` (C, z, y, x), the network seeing it resampled to `grid`."""
+    if settings.crf:
+        raise ValueError(
+            "The dense-CRF post-processing step needs PyTorch; use the torch backend or switch the CRF off."
+        )
     session = open_session(package, settings.device)
     if settings.spatial_dims == 2:  # slices become the batch: (z, C, y, x)
         x = resample_linear(volume.transpose(1, 0, 2, 3), grid[1:])

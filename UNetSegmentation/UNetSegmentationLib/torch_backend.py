@@ -137,9 +137,15 @@ def _volume_fits(device: torch.device, volume_bytes: int) -> bool:
 
 
 def predict_labels(
-    package: Any, volume: np.ndarray, grid: Sequence[int], settings: WindowSettings, run: Any
+    package: Any,
+    volume: np.ndarray,
+    grid: Sequence[int],
+    grid_spacing: Sequence[float],
+    settings: WindowSettings,
+    run: Any,
 ) -> np.ndarray:
-    """Labels (z, y, x) on the grid of `volume` (C, z, y, x), the network seeing it resampled to `grid`."""
+    """Labels (z, y, x) on the grid of `volume` (C, z, y, x), the network seeing it resampled to `grid`
+    (of voxel size `grid_spacing`, z, y, x mm)."""
     from .package import build_model
 
     device = resolve_device(settings.device)
@@ -153,12 +159,23 @@ def predict_labels(
         if number:
             run.note(f"Out of memory; retrying with {attempt.describe()}.")
         try:
-            return _run_attempt(network.to(attempt.compute), volume, grid, settings, attempt, run)
+            return _run_attempt(network.to(attempt.compute), volume, grid, grid_spacing, settings, attempt, run)
         except Exception as error:
             if not is_out_of_memory(error) or number == len(ladder) - 1:
                 raise
             _release(attempt.compute)
     raise AssertionError("unreachable: the last attempt re-raises")
+
+
+def refine_with_crf(scores: torch.Tensor, image: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
+    """Class probabilities (C, z, y, x) refined by the dense CRF on the network grid (a slab of one 2D slice
+    is refined in 2D), from the blended logits and the normalised first input channel."""
+    from .postprocessing import dense_crf
+
+    probabilities = torch.softmax(scores.float(), dim=0)
+    if scores.shape[1] == 1:
+        return dense_crf(probabilities[:, 0], image[0], spacing[1:])[:, None]
+    return dense_crf(probabilities, image, spacing)
 
 
 def _release(device: torch.device) -> None:
@@ -170,6 +187,7 @@ def _run_attempt(
     network: torch.nn.Module,
     volume: np.ndarray,
     grid: Sequence[int],
+    grid_spacing: Sequence[float],
     settings: WindowSettings,
     attempt: Attempt,
     run: Any,
@@ -195,7 +213,10 @@ def _run_attempt(
             device=attempt.storage,
             roi_weight_map=torch.from_numpy(gaussian_weights(roi, settings.sigma_scale)).to(attempt.compute),
         )
-    del x
     scores = scores.permute(1, 0, 2, 3) if settings.spatial_dims == 2 else scores[0]
+    if settings.crf:
+        run.report(run.fraction, "dense CRF")
+        scores = refine_with_crf(scores, x[:, 0] if settings.spatial_dims == 2 else x[0, 0], grid_spacing)
+    del x
     ops = ArrayOps(asarray=lambda a: torch.as_tensor(a, device=scores.device), to_numpy=lambda t: t.cpu().numpy())
     return argmax_on_grid(scores, volume.shape[1:], settings.label_values, ops)

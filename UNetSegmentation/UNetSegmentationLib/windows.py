@@ -35,6 +35,7 @@ class WindowSettings:
     mirror_axes: tuple[int, ...] = ()  # spatial axes flipped for test-time augmentation; () = no TTA
     device: str = "auto"
     batch_size: int | None = None  # windows per network call; None = chosen from free memory
+    crf: bool = False  # refine the class scores with the dense CRF before the arg-max (torch backend)
 
     def mirror_sets(self) -> list[tuple[int, ...]]:
         """Every combination of mirrored axes (the empty one first): 2^k network passes per window."""
