@@ -184,14 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "isbi"):
         dataset, test_names, heldout = isbi_dataset(args.data, args.work)
         options = {"variant": "unet", "width": 0.25, "patch_size": [256, 256], "batch_size": 4,
-                   "iterations_per_epoch": 50, "val_cases": test_names, "val_every": 2}
+                   "iterations_per_epoch": 50, "val_cases": test_names, "val_every": 1000}
         package, timing = run_task("isbi", dataset, args.work / "isbi-unet", args.isbi_minutes, options, cache)
         results["isbi2012"] = {**timing, **evaluate_isbi(package, heldout), "package": str(package)}
         print(json.dumps({"isbi2012": results["isbi2012"]}, indent=2), flush=True)
     if args.only in (None, "brats"):
         dataset, val_names, validation = brats_dataset(args.data, args.work)
         options = {"variant": "nnunet", "gpu_memory_gb": 1.0, "width": 0.5, "iterations_per_epoch": 50,
-                   "val_cases": val_names, "val_every": 2}
+                   "val_cases": val_names, "val_every": 1000}
         package, timing = run_task("brats", dataset, args.work / "brats-nnunet", args.brats_minutes, options, cache)
         results["brats2015_sample"] = {**timing, **evaluate_brats(package, validation), "package": str(package)}
         print(json.dumps({"brats2015_sample": results["brats2015_sample"]}, indent=2), flush=True)

@@ -486,6 +486,8 @@ def train(
         ckpt = load_checkpoint(out / CHECKPOINT_DIR / LAST) if resume else None
         if ckpt is None:
             _check_fresh_output(out)
+        elif plans is None and init_pkg is None:
+            plans = Plan.from_dict(ckpt["plan"])  # resume with the run's own plan
         out.mkdir(parents=True, exist_ok=True)
         setup = prepare(ds, plans, opts, ctx, init_pkg, Path(cache_dir) if cache_dir else default_cache_dir(), log)
         trainer = Trainer(setup, opts, ctx, out, progress, cancel)
