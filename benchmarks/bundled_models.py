@@ -127,8 +127,9 @@ def card(trained, spec: ModelSpec, folder: Path, command: str, cpu_s: float, wal
     name, description, post-processing and provenance."""
     doc = json.loads((folder / "dataset.json").read_text())
     manifest = json.loads(json.dumps(trained.manifest))
+    data = doc["training_data"].rstrip(".")
     manifest.update(name=spec.name, version="1.0", description=f"{doc['description']}. Trained by "
-                    f"benchmarks/bundled_models.py with `unetseg train` on the CPU. Data: {doc['training_data']}.")
+                    f"benchmarks/bundled_models.py with `unetseg train` on the CPU. Data: {data}.")
     manifest["inference"]["postprocessing"] = dict(spec.postprocessing)
     trainer_metrics = manifest.get("provenance", {}).get("metrics")
     manifest["provenance"] = {
