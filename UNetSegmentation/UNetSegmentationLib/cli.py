@@ -65,8 +65,12 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
 
 def _run_models(args: argparse.Namespace) -> int:
     from .catalog import Catalog
+    from .variant_figures import figures_listing
 
-    print(Catalog().listing(args.modality, args.variant, args.details))
+    catalog = Catalog()
+    print(catalog.listing(args.modality, args.variant, args.details))
+    if args.details and (figures := figures_listing(p.variant for p in catalog.models(args.modality, args.variant))):
+        print(figures)
     return 0
 
 
