@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from torch.nn import functional
+from torch_threads import one_thread  # noqa: F401  (autouse: torch on one thread)
 
 from UNetSegmentationLib.augmentation import build_train_transforms, sampling_size, spatial_params
 

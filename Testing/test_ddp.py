@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from torch_threads import one_thread  # noqa: F401  (autouse: torch on one thread)
 
 from UNetSegmentationLib.datasets import write_nnunet_dataset
 from UNetSegmentationLib.package import load_package, load_state_dict

@@ -9,6 +9,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from torch_threads import one_thread  # noqa: F401  (autouse: torch on one thread)
 
 from UNetSegmentationLib.checkpoints import LAST, load_checkpoint
 from UNetSegmentationLib.cli import main
@@ -65,8 +66,13 @@ def trained(xray_dataset, cache, tmp_path_factory):
     """One real training run (≈150 steps of a small 2D nnU-Net), shared by the tests that inspect it."""
     out = tmp_path_factory.mktemp("trained") / "model"
     recorder = Recorder()
-    package = train(xray_dataset, out, epochs=6, iterations_per_epoch=25, width=0.5, device="cpu", seed=0,
-                    cache_dir=cache, progress=recorder, name="xray-lungs-test")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # module fixtures run before the autouse one_thread fixture
+    try:
+        package = train(xray_dataset, out, epochs=6, iterations_per_epoch=25, width=0.5, device="cpu", seed=0,
+                        cache_dir=cache, progress=recorder, name="xray-lungs-test")
+    finally:
+        torch.set_num_threads(threads)
     return package, recorder
 
 
