@@ -28,6 +28,7 @@ from UNetSegmentationLib.dependencies import DependencyInstaller
 from UNetSegmentationLib.modality import MODALITY_TITLES
 from UNetSegmentationLib.sample_data import load_samples, sample_path
 from UNetSegmentationLib.slicer_logic import UNetSegmentationLogic
+from UNetSegmentationLib.variant_figures import variant_summary
 
 __all__ = ["UNetSegmentation", "UNetSegmentationLogic", "UNetSegmentationTest", "UNetSegmentationWidget"]
 
@@ -171,6 +172,12 @@ class UNetSegmentationParameterNode:
 def _variantWords(variant: Variant) -> str:
     """How a variant filter reads inside a sentence ("" for any variant)."""
     return "" if variant is Variant.ANY else variant.label()
+
+
+def _modelTooltip(info) -> str:
+    """A model's description plus, where measured, its variant's figures (benchmarks/compare_variants.py)."""
+    figures = variant_summary(info.variant)
+    return info.describe() + (f"\n{figures}" if figures else "")
 
 
 # The choices remembered across sessions in QSettings (the rest belongs to the scene).
@@ -339,7 +346,7 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             combo.addItem(name)
             info = self._modelInfo(name)
             if info is not None:
-                combo.setItemData(index, info.describe(), qt.Qt.ToolTipRole)
+                combo.setItemData(index, _modelTooltip(info), qt.Qt.ToolTipRole)
         chosen = self._parameterNode.model if self._parameterNode.model in names else (names[0] if names else "")
         combo.currentIndex = names.index(chosen) if chosen else -1
         combo.blockSignals(wasBlocked)
@@ -373,7 +380,7 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             labels=labels,
         )
         self.ui.modelInfoLabel.text = text
-        self.ui.modelInfoLabel.toolTip = info.describe()
+        self.ui.modelInfoLabel.toolTip = _modelTooltip(info)
 
     def onModelSelected(self, index: int) -> None:
         if self._parameterNode and index >= 0:
