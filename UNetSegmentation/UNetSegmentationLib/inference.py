@@ -48,13 +48,11 @@ class Progress:
         self._callback, self._cancel = callback, cancel
         self.fraction = 0.0
         self.messages: list[str] = []
-        self._stage = ""
         self._windows = (0, 1, 0.0)  # done, total, fraction at start
 
     def report(self, fraction: float, stage: str) -> None:
         """Report a stage at `fraction` (never below what was already reported)."""
         self.fraction = max(self.fraction, min(1.0, fraction))
-        self._stage = stage
         if self._callback is not None:
             self._callback(self.fraction, stage)
 
@@ -68,10 +66,10 @@ class Progress:
         self.messages.append(message)
         self.report(self.fraction, message)
 
-    def start_windows(self, total: int, stage: str = "sliding window") -> None:
+    def start_windows(self, total: int) -> None:
         """Begin (or restart after a fallback) counting `total` windows."""
         self._windows = (0, max(total, 1), self.fraction)
-        self.report(self.fraction, f"{stage}: 0/{total} windows")
+        self.report(self.fraction, f"sliding window: 0/{total} windows")
         self.check_cancel()
 
     def advance(self, windows: int) -> None:
