@@ -12,6 +12,7 @@ Writes ``variants.md`` (the table beside the literature's figures, the hardware,
 
     python benchmarks/compare_variants.py [--settings brats isbi] [--budget-min 2.5] [--seeds 0 1]
     python benchmarks/compare_variants.py --synthetic --budget-min 0.08 --out-dir /tmp/variants
+    python benchmarks/compare_variants.py --report-only docs/variants.json   # redraw the report, no training
 
 Each run happens in its own process, one at a time, so its peak memory is its own and runs do not compete for
 the CPU. Exit status: 0 done; 2 the shared data is missing (use ``--synthetic``).
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
+import json
 import multiprocessing
 import shlex
 import shutil
@@ -52,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variants", nargs="+", choices=VARIANTS_3D, default=list(VARIANTS_3D))
     p.add_argument("--budget-min", type=float, default=2.5, help="wall-clock training budget per run (minutes)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--setting-seeds", nargs="+", default=[], metavar="KEY=SEEDS",
+                   help="other seeds for one setting, e.g. isbi=0,1 (the rest use --seeds)")
     p.add_argument("--base-features", type=int, default=16,
                    help="features at full resolution for every network (sets each variant's width)")
     p.add_argument("--gpu-memory-gb", type=float,
@@ -64,12 +68,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out-dir", type=Path, default=REPO_ROOT / "docs", help="where variants.md/.json and plots go")
     p.add_argument("--work-dir", type=Path, help="keep datasets, models and predictions here (default: a temp dir)")
     p.add_argument("--no-ship", action="store_true", help="do not copy variants.json into the module's Resources")
+    p.add_argument("--report-only", type=Path, metavar="JSON",
+                   help="rewrite the report and plots from an earlier run's variants.json (no training)")
     args = p.parse_args(argv)
     known = variant_settings.SYNTHETIC_SETTINGS if args.synthetic else variant_settings.REAL_SETTINGS
     args.settings = args.settings or list(known)
     unknown = sorted(set(args.settings) - set(known))
     if unknown:
         p.error(f"unknown setting(s) {unknown}; choose from {sorted(known)}")
+    try:
+        args.seeds_by_setting = {k: [int(s) for s in v.split(",")]
+                                 for k, v in (item.split("=", 1) for item in args.setting_seeds)}
+    except ValueError:
+        p.error(f"--setting-seeds takes KEY=SEED[,SEED…] items; got {args.setting_seeds}")
     return args
 
 
@@ -114,6 +125,7 @@ def jobs_for(setting: variant_settings.Setting, dataset: Path, plans: Path, fold
         variant_runs.Job(
             setting=setting.key, variant=v, seed=seed, dataset=str(dataset), plans=str(plans),
             eval_cases=[c.name for c in setting.evaluate],
+            monitor_cases=[c.name for c in setting.evaluate[:setting.monitor_cases]],
             regions={k: list(vals) for k, vals in setting.regions.items()},
             pixel_error_region=setting.pixel_error_region,
             out_dir=str(folder / "models" / f"{v}_seed{seed}"),
@@ -121,7 +133,7 @@ def jobs_for(setting: variant_settings.Setting, dataset: Path, plans: Path, fold
             cache_dir=str(folder / "cache"), budget_min=args.budget_min, device=args.device,
             train_options={**shared, "width": variant_width(v, args.base_features), "name": f"{setting.key}-{v}"},
         )
-        for seed in args.seeds for v in variants
+        for seed in args.seeds_by_setting.get(setting.key, args.seeds) for v in variants
     ]
 
 
@@ -157,7 +169,8 @@ def run_setting(key: str, work: Path, args: argparse.Namespace) -> dict:
         print(f"   {record['iterations']} iterations, {record['parameters']:,} parameters, "
               f"{variant_report.case_summary(record)} ({time.perf_counter() - start:.0f} s)", flush=True)
     schedule = {k: v for k, v in jobs[0].train_options.items() if k not in ("width", "name")}
-    schedule["gpu_memory_gb"] = args.gpu_memory_gb or setting.gpu_memory_gb
+    schedule.update(gpu_memory_gb=args.gpu_memory_gb or setting.gpu_memory_gb, monitor_cases=jobs[0].monitor_cases,
+                    seeds=args.seeds_by_setting.get(key, args.seeds))
     return variant_report.setting_section(setting, plans, schedule, runs)
 
 
@@ -167,23 +180,33 @@ def command_line(argv: list[str] | None) -> str:
     return shlex.join(["python", "benchmarks/compare_variants.py", *args])
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run every setting, then write the report, the results file, the plots (and the shipped copy)."""
-    args = parse_args(argv)
+def run_all(args: argparse.Namespace, argv: list[str] | None) -> dict:
+    """Train and evaluate every setting's jobs; the results document."""
     variant_runs.preload()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="unetseg-variants-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
         sections = {key: run_setting(key, work, args) for key in args.settings}
-    except variant_settings.DataMissingError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
-    results = variant_report.results_document(sections, vars(args), command_line(argv))
+    return variant_report.results_document(sections, vars(args), command_line(argv))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every setting, then write the report, the results file, the plots (and the shipped copy)."""
+    args = parse_args(argv)
+    if args.report_only:
+        results = json.loads(args.report_only.read_text(encoding="utf-8"))
+        results["settings"] = {k: variant_report.analyse(v) for k, v in results["settings"].items()}
+    else:
+        try:
+            results = run_all(args, argv)
+        except variant_settings.DataMissingError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     written = variant_report.write_outputs(results, args.out_dir)
-    if not args.synthetic and not args.no_ship:
+    if not results["synthetic"] and not args.no_ship:
         written.append(variant_report.write_json(results, SHIPPED_JSON))
     print("\n".join(["", variant_report.markdown(results), "", "Wrote:", *map(str, written)]))
     return 0

@@ -19,6 +19,7 @@ FORMAT = "unetseg-variants/1"
 MARKDOWN, RESULTS = "variants.md", "variants.json"
 DICE_PLOT, CURVES_PLOT = "variants_dice_vs_params.png", "variants_training_curves.png"
 NOISE_SE = 2.0  # differences within this many combined standard errors (or the seed spread) are noise
+MIN_CASES_TO_RANK = 3  # with fewer evaluation cases a standard deviation means nothing: no ranking is claimed
 
 # The seed chapter's table (typical Dice from the literature) and the sourced figures behind it
 # (/work/shared/docs/nnunet-monai-notes.md §3 and §7 "Numbers to beat").
@@ -62,6 +63,7 @@ def summarise(runs: list[dict], regions: list[str], pixel_error: bool) -> dict:
         "parameters": runs[0]["parameters"],
         "patch_size": runs[0]["patch_size"],
         "seeds": [run["seed"] for run in runs],
+        "cases": len(runs[0]["cases"]),
         "iterations": stats([run["iterations"] for run in runs]),
         "epochs": stats([run["epochs"] for run in runs]),
         "train_wall_s": stats([run["train_wall_s"] for run in runs]),
@@ -83,9 +85,12 @@ def summarise(runs: list[dict], regions: list[str], pixel_error: bool) -> dict:
 
 
 def noise_threshold(a: dict, b: dict, region: str) -> float:
-    """The difference in mean Dice that the data cannot tell from noise: `NOISE_SE` combined standard errors,
-    or the larger seed spread of the two, whichever is larger."""
-    se = [s["dice"][region]["std"] / math.sqrt(s["dice"][region]["n"]) for s in (a, b)]
+    """The difference in mean Dice that the data cannot tell from noise: `NOISE_SE` combined standard errors
+    (over the distinct evaluation cases: seeds re-use the same cases), or the larger seed spread of the two,
+    whichever is larger; infinite with fewer than `MIN_CASES_TO_RANK` cases."""
+    if min(a["cases"], b["cases"]) < MIN_CASES_TO_RANK:
+        return math.inf
+    se = [s["dice"][region]["std"] / math.sqrt(s["cases"]) for s in (a, b)]
     spread = max(a["seed_spread"].get(region, 0.0), b["seed_spread"].get(region, 0.0))
     return max(NOISE_SE * math.hypot(*se), spread)
 
@@ -102,7 +107,10 @@ def ranking_statement(summaries: dict[str, dict], region: str) -> str:
     lower = [v for v in order[1:] if v not in tied]
     mean = {v: f"{v} {scored[v]['dice'][region]['mean']:.3f}" for v in order}
     text = f"**{region}**: highest mean Dice {mean[best]}."
-    if tied:
+    if tied and min(s["cases"] for s in scored.values()) < MIN_CASES_TO_RANK:
+        text += (f" Within noise of it: {', '.join(mean[v] for v in tied)} — with fewer than {MIN_CASES_TO_RANK} "
+                 "evaluation cases the spread cannot be estimated, so no ranking is claimed.")
+    elif tied:
         text += (f" Within noise of it: {', '.join(mean[v] for v in tied)} — the differences are smaller than "
                  f"{NOISE_SE:g} combined standard errors over cases (or the seed spread), so no ranking among "
                  "these is claimed.")
@@ -115,11 +123,7 @@ def setting_section(setting, plans_path: Path, schedule: dict, runs: list[dict])
     """A setting's part of the results: what was run on what, every run, and the per-variant summaries."""
     plan = json.loads(Path(plans_path).read_text())
     config = next(iter(plan["configurations"].values()))
-    regions = list(setting.regions)
-    variants = list(dict.fromkeys(run["variant"] for run in runs))
-    summaries = {v: summarise([r for r in runs if r["variant"] == v], regions, setting.pixel_error_region is not None)
-                 for v in variants}
-    return {
+    return analyse({
         "title": setting.title, "spatial_dims": setting.spatial_dims, "source": setting.source,
         "preparation": setting.preparation, "channels": setting.channel_names,
         "labels": {str(k): v for k, v in setting.labels.items()},
@@ -130,10 +134,17 @@ def setting_section(setting, plans_path: Path, schedule: dict, runs: list[dict])
         "plan": {k: config[k] for k in ("configuration", "target_spacing", "patch_size", "batch_size",
                                          "normalization", "features", "pool_strides")},
         "schedule": schedule,
-        "summary": summaries,
-        "ranking": [ranking_statement(summaries, r) for r in regions],
         "runs": runs,
-    }
+    })
+
+
+def analyse(section: dict) -> dict:
+    """The section with its per-variant summaries and ranking statements (re)computed from its runs."""
+    regions, runs = list(section["regions"]), section["runs"]
+    pixel_error = section["pixel_error_region"] is not None
+    summaries = {v: summarise([r for r in runs if r["variant"] == v], regions, pixel_error)
+                 for v in dict.fromkeys(run["variant"] for run in runs)}
+    return {**section, "summary": summaries, "ranking": [ranking_statement(summaries, r) for r in regions]}
 
 
 def hardware(device: str) -> dict:
@@ -184,6 +195,8 @@ def setting_markdown(key: str, section: dict) -> list[str]:
     regions = list(section["regions"])
     head = ["variant", "parameters", "patch", "iterations (epochs)", "training s (CPU s)", "inference s/case",
             "peak RSS MB"]
+    gpu = any(s["peak_gpu_mb"] is not None for s in section["summary"].values())
+    head += ["peak GPU MB"] if gpu else []
     head += [f"{r} Dice" for r in regions] + [f"{r} HD95 ({unit})" for r in regions]
     if section["pixel_error_region"]:
         head.append(f"{section['pixel_error_region']} pixel error")
@@ -195,9 +208,10 @@ def setting_markdown(key: str, section: dict) -> list[str]:
         f"- Plan (made from the training cases only, shared by every variant): {plan['configuration']}, spacing "
         f"{[round(s, 3) for s in plan['target_spacing']]} mm, patch {plan['patch_size']} (rounded up to each "
         f"network's total stride where needed), batch {schedule.get('batch_size', plan['batch_size'])}; "
-        f"planned for a {schedule['gpu_memory_gb']:g} GB budget to fit the CPU; "
-        f"{schedule['iterations_per_epoch']} iterations per epoch, validation every "
-        f"{schedule['val_every']} epoch(s).",
+        f"planned for a {schedule['gpu_memory_gb']:g} GB memory budget; "
+        f"{schedule['iterations_per_epoch']} iterations per epoch, validation (for the curve) on "
+        f"{', '.join(schedule['monitor_cases'])} every {schedule['val_every']} epoch(s); seeds "
+        f"{', '.join(map(str, schedule['seeds']))}.",
         "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
     ]
     for variant, s in section["summary"].items():
@@ -205,6 +219,7 @@ def setting_markdown(key: str, section: dict) -> list[str]:
                f"{s['iterations']['mean']:.0f} ({s['epochs']['mean']:.0f})",
                f"{s['train_wall_s']['mean']:.0f} ({s['train_cpu_s']['mean']:.0f})",
                f"{s['inference_s_per_case']['mean']:.2f}", f"{s['peak_rss_mb']:.0f}"]
+        row += [f"{s['peak_gpu_mb'] or 0:.0f}"] if gpu else []
         row += [_pm(s["dice"][r]) for r in regions] + [_pm(s["hd95"][r], 1) for r in regions]
         if section["pixel_error_region"]:
             row.append(_pm(s["pixel_error"], 4))
@@ -234,9 +249,8 @@ def markdown(results: dict) -> str:
         f"- Hardware: {hw['cpu']}, {hw['cores']} cores" + (f", {hw['memory_gb']} GB RAM" if hw.get("memory_gb") else "")
         + f"; trained and evaluated on {device}; torch {hw['torch']}, Python {hw['python']}.",
         f"- Budget: **{opts['budget_min']:g} min wall clock of training per run** (the trainer's loop, with its "
-        "per-epoch validation; preprocessing excluded), the same for every variant; seeds "
-        f"{', '.join(map(str, opts['seeds']))}. The machine may be shared, so a budget buys a varying number of "
-        "iterations: the iterations column says how many each run did.",
+        "validation; preprocessing excluded), the same for every variant. The machine may be shared, so a "
+        "budget buys a varying number of iterations: the iterations column says how many each run did.",
         "- Same for every variant: the data split, the plan (spacing, normalisation, patch size where the "
         "network's stride allows, batch size), the trainer's augmentation (nnU-Net's), Dice + cross-entropy, SGD "
         "with Nesterov momentum and poly decay over the budget, foreground oversampling, and "
@@ -244,8 +258,8 @@ def markdown(results: dict) -> str:
         "resolution** (width = that over the paper's first level: 64 for U-Net / U-Net++ / Attention U-Net, 16 "
         "for V-Net, nnU-Net's planned 32; nnU-Net keeps its planned stages, kernels and strides). Deep "
         "supervision where the trainer uses it by default (unet, nnunet).",
-        "- Validation curves are measured on the evaluation cases; they never select weights (every variant is "
-        "evaluated with its final weights), so they monitor, they do not tune.",
+        "- Validation curves are measured on (some of) the evaluation cases; they never select weights (every "
+        "variant is evaluated with its final weights), so they monitor, they do not tune.",
         "- Evaluation: `inference.segment` (no test-time augmentation, no post-processing) on the evaluation "
         "cases, scored by `metrics.compute_metrics` on the grid the cases were given on. Cells are mean ± "
         "standard deviation over evaluation cases (pooled over seeds); HD95 leaves out cases where the "
@@ -284,6 +298,7 @@ def plot_dice_vs_params(results: dict, path: Path) -> Path:
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     settings = results["settings"]
     fig, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings), 4.2), squeeze=False)
@@ -299,8 +314,9 @@ def plot_dice_vs_params(results: dict, path: Path) -> Path:
                             color=colours[variant], capsize=3, label=f"{variant} · {region}")
         ax.set(xscale="log", xlabel="parameters", ylabel="Dice (mean ± std over cases)", ylim=(0, 1.02),
                title=section["title"])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, loc="lower right")
+        ax.legend(fontsize=6, loc="best")
     fig.suptitle(f"Dice versus parameter count ({results['options']['budget_min']:g} min budget per run)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -333,7 +349,7 @@ def plot_training_curves(results: dict, path: Path) -> Path:
             t_loss, loss, t_dice, dice = curve_points(run)
             style = "-" if run["seed"] == section["runs"][0]["seed"] else "--"
             label = f"{run['variant']} (seed {run['seed']})"
-            row[0].plot(t_loss, loss, style, color=colours[run["variant"]], label=label, lw=1)
+            row[0].plot(t_loss, loss, style + ".", color=colours[run["variant"]], label=label, lw=1, ms=3)
             row[1].plot(t_dice, dice, style + "o", color=colours[run["variant"]], label=label, ms=3, lw=1)
         row[0].set(xlabel="training time (s)", ylabel="training loss (Dice + CE)", title=f"{section['title']}: loss")
         row[1].set(xlabel="training time (s)", ylabel="validation Dice (mean over classes)", ylim=(0, 1.02),

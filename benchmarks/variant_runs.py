@@ -29,6 +29,7 @@ class Job:
     dataset: str  # nnU-Net folder holding the training and the evaluation cases
     plans: str
     eval_cases: list[str]
+    monitor_cases: list[str]  # the evaluation cases the trainer validates on (the curve only; never selects)
     regions: dict[str, list[int]]
     pixel_error_region: str | None
     out_dir: str  # the model package goes here
@@ -61,7 +62,7 @@ def run_job(job: Job) -> dict:
     package = training.train(
         job.dataset, job.out_dir, variant=job.variant, plans=job.plans, time_budget_min=job.budget_min,
         device=job.device, seed=job.seed, progress=progress, cache_dir=job.cache_dir,
-        val_cases=job.eval_cases, **job.train_options,
+        val_cases=job.monitor_cases, **job.train_options,
     )
     train_wall = time.perf_counter() - start
     train_cpu = time.process_time() - cpu_start

@@ -52,6 +52,7 @@ class Setting:
     gpu_memory_gb: float = 8.0  # the planner's memory budget, which sets the patch and nnU-Net's stages
     iterations_per_epoch: int = 25  # iterations between validations on the evaluation cases
     val_every: int = 1
+    monitor_cases: int | None = None  # how many evaluation cases the validation curve uses (None: all)
 
 
 class DataMissingError(RuntimeError):
@@ -86,7 +87,7 @@ def brats(data_root: Path, spacing_mm: float = BRATS_SPACING_MM) -> Setting:
             f"so 3D training fits a CPU budget; evaluation on the {spacing_mm:g} mm grid. Train: train/ "
             "(2 cases); evaluate: validation/ (2 cases)."
         ),
-        gpu_memory_gb=0.25, iterations_per_epoch=10, val_every=2,
+        gpu_memory_gb=0.25, iterations_per_epoch=10, val_every=3, monitor_cases=1,
         anchors=[
             "nnU-Net on MSD BrainTumour (4 sequences, full resolution, 484 training cases): oedema / "
             "non-enhancing / enhancing 0.68 / 0.48 / 0.68 test Dice (nnunet-monai-notes §3.1)",
@@ -137,7 +138,7 @@ def isbi(data_root: Path, n_train: int = ISBI_TRAIN) -> Setting:
         ),
         pixel_error_region="membrane",
         distance_unit="px",
-        gpu_memory_gb=0.1, iterations_per_epoch=25,
+        gpu_memory_gb=0.1, iterations_per_epoch=10, monitor_cases=2,
         anchors=["U-Net paper (Ronneberger 2015): won ISBI 2012 on the hidden test labels with the challenge's "
                  "warping/rand/pixel errors; those are not comparable with this split, so none is quoted"],
     )
