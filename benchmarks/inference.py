@@ -170,15 +170,26 @@ def monai_reference(image_path: str, model: str, out_dir: str) -> None:
 
 
 def run_contender(name: str, command: list[str], log: Path) -> dict:
-    """Run one contender in its own process; its wall time and peak RSS (from wait4)."""
+    """Run one contender in its own process; its wall time and peak RSS.
+
+    The command runs under a small launcher process that reports its child's ``ru_maxrss``: a child forked
+    straight from this (large) benchmark process would count this process's memory as its own peak.
+    """
+    done = subprocess.run([sys.executable, __file__, "measure", str(log), *command], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{name} failed; see {log}:\n{log.read_text()[-2000:]}")
+    wall, rss_kib = done.stdout.split()[-2:]
+    return {"name": name, "wall_s": float(wall), "peak_rss_gib": int(rss_kib) / 1024**2, "log": log}
+
+
+def measure(log: str, command: list[str]) -> int:
+    """Run `command` with its output in `log`; print its wall time (s) and peak RSS (KiB); return its exit code."""
     start = time.perf_counter()
     with open(log, "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{name} failed; see {log}:\n{log.read_text()[-2000:]}")
-    return {"name": name, "wall_s": wall, "peak_rss_gib": usage.ru_maxrss / 1024**2, "log": log}
+    print(time.perf_counter() - start, usage.ru_maxrss)
+    return os.waitstatus_to_exitcode(status)
 
 
 def predict_command(image: Path, model: Path, out: Path, backend: str) -> list[str]:
@@ -225,7 +236,8 @@ def speed_comparison(work: Path, image: Path, model: Path) -> None:
     from UNetSegmentationLib.package import load_package
 
     package = load_package(model)
-    export_onnx(package)
+    if not package.onnx_path.exists() or package.onnx_path.stat().st_mtime < package.weights_path.stat().st_mtime:
+        export_onnx(package)
     out = work / package.name
     out.mkdir(exist_ok=True)
     outputs = {"torch": out / "torch.nii.gz", "onnx": out / "onnx.nii.gz", "monai": out / f"{image.stem}_monai.nii.gz"}
@@ -296,4 +308,6 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "monai-reference":
         monai_reference(*sys.argv[2:5])
         sys.exit(0)
+    if len(sys.argv) > 1 and sys.argv[1] == "measure":
+        sys.exit(measure(sys.argv[2], sys.argv[3:]))
     sys.exit(main())
