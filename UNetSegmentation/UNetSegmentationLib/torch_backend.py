@@ -124,7 +124,7 @@ def window_batch_size(network: torch.nn.Module, settings: WindowSettings, channe
     probe = torch.zeros((1, channels, *settings.roi_size), device=device)
     with torch.no_grad(), torch.autocast("cuda", dtype=autocast_dtype(device)):
         network(probe)
-    per_window = max(torch.cuda.max_memory_allocated(device) - before, 1) * len(settings.mirror_sets())
+    per_window = max(torch.cuda.max_memory_allocated(device) - before, 1)  # mirrored passes run one by one
     return int(max(1, min(_MAX_GPU_BATCH, _GPU_MEMORY_SHARE * free // per_window)))
 
 
