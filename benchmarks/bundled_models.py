@@ -217,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in args.names if n not in MODELS]
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
+    import torch
+
+    torch.set_num_threads(int(TRAIN_ENV["OMP_NUM_THREADS"]))  # the measurements too: the machine is shared
     for name in args.names or MODELS:
         bundle_model(MODELS[name], args.data_root, args.shared_data, args.budget_scale, args.log_dir)
     link_samples()
