@@ -12,7 +12,7 @@ from monai.data.utils import compute_importance_map, dense_patch_slices
 from monai.inferers import sliding_window_inference
 from monai.inferers.utils import _get_scan_interval
 
-from UNetSegmentationLib import phantoms, torch_backend
+from UNetSegmentationLib import inference, phantoms, torch_backend
 from UNetSegmentationLib.image import Image
 from UNetSegmentationLib.inference import SegmentationCancelled, segment
 from UNetSegmentationLib.linear_resampling import ArrayOps, argmax_on_grid, resample_linear
@@ -180,6 +180,22 @@ def test_dense_crf_runs_on_the_network_grid(echo):
     assert 2 * np.count_nonzero(refined & organ.array) / (refined.sum() + organ.array.sum()) > 0.95
     with pytest.raises(ValueError, match="CRF post-processing step needs PyTorch"):
         segment(echo_image(organ), echo["exact"], device="cpu", postprocess={"crf": True}, backend="onnx")
+
+
+def test_masked_zscore_as_in_training(tmp_path):
+    package = echo_package(tmp_path / "mr", normalization=[{"scheme": "zscore", "use_mask": True}])
+    array = np.zeros((4, 10, 10), np.float32)
+    array[1:3, 2:8, 2:8] = np.random.default_rng(3).normal(500.0, 80.0, size=(2, 6, 6))
+    volume = inference.normalised_volume([array], package)[0]
+    inside = array != 0
+    assert not volume[~inside].any()
+    assert abs(volume[inside].mean()) < 1e-4 and abs(volume[inside].std() - 1) < 1e-3
+
+
+def test_crop_defaults_to_the_body_for_ct_and_nonzero_otherwise(echo):
+    assert inference.crop_mode(echo["resampled"]) == "body"  # CT, no crop in the manifest
+    assert inference.crop_mode(echo["two_inputs"]) == "nonzero"  # MR
+    assert inference.crop_mode(echo["exact"]) == "nonzero"  # as declared
 
 
 # ------------------------------------------------------------------------------------------ progress and cancel

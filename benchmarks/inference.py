@@ -83,7 +83,7 @@ def make_model(folder: Path, labels: list[Label], filters: list[int] | None = No
     return folder
 
 
-def fit_to_phantom(model, iterations: int, patch: tuple[int, int, int] = (48, 96, 96)) -> None:
+def fit_to_phantom(model, iterations: int, patch: tuple[int, int, int] = (32, 64, 64)) -> None:
     """A few Adam steps with the project's Dice + CE loss on random patches of a phantom at the network's grid.
 
     Random weights make a noisy arg-max that any resampling difference reshuffles, so the Dice between
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=None, help="folder for inputs and outputs (default: temp)")
     parser.add_argument("--model", type=Path, default=None,
                         help="compare with this trained CT model package only (default: the two built-in ones)")
-    parser.add_argument("--train-steps", type=int, default=150, help="training steps of the small model")
+    parser.add_argument("--train-steps", type=int, default=120, help="training steps of the small model")
     parser.add_argument("--skip-memory", action="store_true", help="skip the 512×512×400 memory check")
     args = parser.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="unetseg-bench-"))

@@ -313,7 +313,7 @@ def crop_box(
     cost no extra window, and at least one window's extent (so the window is filled with real image)."""
     from .preprocessing import body_bbox, nonzero_bbox
 
-    mode = package.preprocessing.get("crop")
+    mode = crop_mode(package)
     shape = oriented[0].shape
     if mode == "body":
         tight = body_bbox(oriented[0].array)
@@ -326,6 +326,15 @@ def crop_box(
     return tuple(
         _grow(box, n, s, r, settings.overlap) for box, n, s, r in zip(tight, shape, scale, roi, strict=True)
     )
+
+
+def crop_mode(package: ModelPackage) -> str | None:
+    """The manifest's crop ("body", "nonzero", or null for none); when it says nothing, the body for CT
+    (air is not zero in Hounsfield units) and the non-zero region otherwise, as nnU-Net crops."""
+    declared = package.manifest["preprocessing"]
+    if "crop" in declared:
+        return declared["crop"]
+    return "body" if package.modality == "CT" else "nonzero"
 
 
 def _roi_zyx(settings: WindowSettings) -> tuple[int, ...]:
@@ -354,12 +363,14 @@ def normalised_volume(arrays: list[np.ndarray], package: ModelPackage) -> np.nda
 
     prep = package.preprocessing
     schemes = prep["normalization"]
+    # As in training: a masked z-score ("use_mask") uses the voxels non-zero in any input.
+    nonzero = np.any([array != 0 for array in arrays], axis=0) if any(s.get("use_mask") for s in schemes) else None
     channels = []
     for array, scheme in zip(arrays, schemes, strict=True):
-        params = {k: v for k, v in scheme.items() if k != "scheme"}
+        params = {k: v for k, v in scheme.items() if k not in ("scheme", "use_mask")}
         if scheme["scheme"] == "ct" and prep.get("hu_clip") is not None:
             params.setdefault("clip", prep["hu_clip"])
-        mask = array != 0 if scheme["scheme"] == "zscore" and prep.get("crop") == "nonzero" else None
+        mask = nonzero if scheme.get("use_mask") else None
         channels.append(np.asarray(normalize(array, scheme["scheme"], params, mask), dtype=np.float32))
     return np.stack(channels)
 
