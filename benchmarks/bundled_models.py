@@ -50,6 +50,7 @@ class ModelSpec:
     heldout_is_generalisation: bool = True
     links_sample: bool = True  # samples.json names this model as the one that segments its sample
     postprocessing: tuple[tuple[str, object], ...] = (("largest_component", True),)  # stored in the manifest
+    inference_patch: tuple[int, ...] | None = None  # a larger window than the training patch: fewer windows
 
 
 # Short CPU runs favour AdamW, small patches and no per-epoch validation (the cards measure held-out data).
@@ -59,14 +60,17 @@ MODELS = {
     m.name: m
     for m in (
         ModelSpec("xr-lungs-drr", "unet", 6, (*FAST, "--width", "0.25", "--batch-size", "8"), sample="xr_drr_lungs"),
-        ModelSpec("ct-spleen", "unet", 7, (*FAST, "--width", "0.125", "--patch-size", "16", "96", "96"),
-                  sample="spleen2"),
+        ModelSpec("ct-spleen", "unet", 10, (*FAST, "--width", "0.125", "--patch-size", "16", "96", "96"),
+                  sample="spleen2", inference_patch=(32, 176, 176)),
         ModelSpec("mr-spinalcord-t2", "attention_unet", 6,
-                  (*FAST, "--width", "0.125", "--patch-size", "48", "32", "48"), sample="spinalcord_t2"),
+                  (*FAST, "--width", "0.125", "--patch-size", "48", "32", "48"), sample="spinalcord_t2",
+                  inference_patch=(64, 48, 64)),
         ModelSpec("mr-brain-tissue-t1", "unet", 8, (*FAST, "--width", "0.125", "--patch-size", "48", "48", "48"),
-                  sample="mni152_t1_2mm", heldout_is_generalisation=False, postprocessing=()),
+                  sample="mni152_t1_2mm", heldout_is_generalisation=False, postprocessing=(),
+                  inference_patch=(96, 128, 112)),
         ModelSpec("ct-abdomen-fast", "nnunet", 10, (*FAST, "--width", "0.25", "--patch-size", "48", "64", "64"),
-                  sample="spleen2", sample_labels=("spleen",), heldout_labels=("spleen",), links_sample=False),
+                  sample="spleen2", sample_labels=("spleen",), heldout_labels=("spleen",), links_sample=False,
+                  inference_patch=(112, 112, 128)),
     )
 }
 TRAIN_ENV = {"OMP_NUM_THREADS": "1"}  # one thread: on a busy 2-core machine this trains faster than two
@@ -131,6 +135,8 @@ def card(trained, spec: ModelSpec, folder: Path, command: str, cpu_s: float, wal
     manifest.update(name=spec.name, version="1.0", description=f"{doc['description']}. Trained by "
                     f"benchmarks/bundled_models.py with `unetseg train` on the CPU. Data: {data}.")
     manifest["inference"]["postprocessing"] = dict(spec.postprocessing)
+    if spec.inference_patch:
+        manifest["inference"]["patch_size"] = list(spec.inference_patch)
     trainer_metrics = manifest.get("provenance", {}).get("metrics")
     manifest["provenance"] = {
         **manifest.get("provenance", {}),
