@@ -151,6 +151,26 @@ def test_missing_shared_data_exits_nonzero(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_score_unites_labels_into_regions_and_counts_pixel_errors():
+    pred, ref = np.array([[[0, 1, 2, 4]]]), np.array([[[0, 1, 4, 4]]])
+    out = variant_runs.score(pred, ref, (1.0, 1.0, 1.0), {"tumour": [1, 2, 4], "enhancing": [4]}, "enhancing")
+    assert out["regions"]["tumour"]["dice"] == 1.0 and out["regions"]["tumour"]["hd95"] == 0.0
+    assert out["regions"]["enhancing"]["dice"] == pytest.approx(2 / 3)
+    assert out["pixel_error"] == 0.25
+    empty = variant_runs.score(np.zeros((1, 2, 2)), np.ones((1, 2, 2)), (1.0, 1.0, 1.0), {"r": [1]}, None)
+    assert empty["regions"]["r"] == {"dice": 0.0, "hd95": None, "flag": "pred_empty"} and "pixel_error" not in empty
+
+
+def test_predictions_are_mapped_back_to_the_dataset_label_values():
+    from types import SimpleNamespace
+
+    from UNetSegmentationLib.image import Label
+
+    package = SimpleNamespace(labels=[Label(1, "oedema", (1, 0, 0)), Label(2, "enhancing", (0, 1, 0))],
+                              provenance={"source_label_values": {"oedema": 2, "enhancing": 4}})
+    assert variant_runs.source_values(package).tolist() == [0, 2, 4]
+
+
 def _run(variant: str, seed: int, dices: list[float]) -> dict:
     return {"variant": variant, "seed": seed, "parameters": 10, "patch_size": [8, 8], "iterations": 5, "epochs": 1,
             "train_wall_s": 1.0, "train_cpu_s": 1.0, "inference_s_per_case": 0.1, "peak_rss_mb": 1.0,

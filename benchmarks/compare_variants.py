@@ -143,14 +143,20 @@ def prediction_dir(setting_folder: Path, variant: str, seed: int) -> Path:
 
 
 def run_isolated(job: variant_runs.Job) -> dict:
-    """Run a job in a child process of its own, so no run inherits another's memory peak, weights or RNG state.
-
-    Forked where the platform allows, from a parent that has imported torch and MONAI but run nothing with
-    them, so each child starts in a second instead of re-importing; spawned elsewhere.
-    """
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context(method)) as pool:
+    """Run a job in a child process of its own, so no run inherits another's memory peak, weights or RNG state."""
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=_context()) as pool:
         return pool.submit(variant_runs.run_job, job).result()
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    """A fork server where the platform has one: children fork from a clean process that imported torch, MONAI
+    and the project but ran nothing (forking this process after torch ran its thread pool, e.g. to resample
+    BraTS, would hang the children), so they start at once; spawn elsewhere."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["__main__", *variant_runs.PRELOAD])
+    return context
 
 
 def run_setting(key: str, work: Path, args: argparse.Namespace) -> dict:
@@ -182,7 +188,6 @@ def command_line(argv: list[str] | None) -> str:
 
 def run_all(args: argparse.Namespace, argv: list[str] | None) -> dict:
     """Train and evaluate every setting's jobs; the results document."""
-    variant_runs.preload()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="unetseg-variants-"))
     work.mkdir(parents=True, exist_ok=True)
     try:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 CURVE_POINTS = 300  # training-curve events kept per run
+PRELOAD = ["torch", "monai", "UNetSegmentationLib.training", "UNetSegmentationLib.inference"]  # for the fork server
 
 
 @dataclass
@@ -86,13 +87,6 @@ def run_job(job: Job) -> dict:
     record["peak_gpu_mb"] = (round(torch.cuda.max_memory_allocated() / 2**20, 1)
                              if torch.cuda.is_available() and job.device in ("auto", "cuda") else None)
     return record
-
-
-def preload() -> None:
-    """Import what every run needs once, in the parent, so forked runs do not each pay for it."""
-    import torch  # noqa: F401
-
-    from UNetSegmentationLib import inference, training  # noqa: F401
 
 
 def parameter_count(network_config: dict) -> int:
