@@ -89,7 +89,9 @@ def evaluate_isbi(package: Path, heldout: list[tuple[Path, np.ndarray]]) -> dict
         inter += int((pred & ref).sum())
         sizes += int(pred.sum() + ref.sum())
         per_section.append(round(dice(pred, ref), 4))
+    membrane = sum(int(m.sum()) for _, m in heldout)
     return {"pixel_error": round(wrong / total, 4), "membrane_dice": round(2 * inter / sizes, 4),
+            "pixel_error_if_all_cell": round(membrane / total, 4),  # the trivial baseline to beat
             "membrane_dice_per_section": per_section}
 
 
