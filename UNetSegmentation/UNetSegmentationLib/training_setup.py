@@ -25,7 +25,7 @@ from torch import nn
 
 from .datasets import Dataset, PreprocessedCase, ensure_valid, load_dataset, preprocess_dataset
 from .io import read_image
-from .networks import VARIANTS, normalize_config, total_stride
+from .networks import VARIANTS, check_patch_size, normalize_config, total_stride
 from .package import ModelPackage, fit_problems, load_state_dict
 from .planning import Plan, compute_fingerprint, load_plan, plan_experiment
 from .terminology import default_color, default_terminology
@@ -263,7 +263,9 @@ def training_patch(plan: Plan, network: dict, opts: TrainOptions) -> tuple[int, 
     if len(patch) != plan.spatial_dims:
         raise ValueError(f"patch_size {list(patch)} needs {plan.spatial_dims} values for a {plan.spatial_dims}D plan.")
     stride = total_stride(network)
-    return tuple(int(math.ceil(p / s) * s) for p, s in zip(patch, stride, strict=True))
+    rounded = tuple(int(math.ceil(p / s) * s) for p, s in zip(patch, stride, strict=True))
+    check_patch_size(network, rounded)  # a clear error for a patch that leaves a one-voxel bottleneck
+    return rounded
 
 
 def split_cases(cases: list[PreprocessedCase], opts: TrainOptions) -> tuple[list, list]:
