@@ -125,7 +125,7 @@ def _spatial_transform(patch_size: Sequence[int], params: SpatialParams) -> OneO
                  weights=[p_affine, 1.0 - p_affine])
 
 
-def _elastic_transform(spatial_dims: int):
+def _elastic_transform(spatial_dims: int) -> Rand2DElasticd | Rand3DElasticd:
     """Elastic deformation on the patch (opt-in; nnU-Net v2 disables it), displacing voxels by up to ~5.
 
     3D uses nnU-Net v1's smoothed-noise field (sigma 9–13, magnitude 0–900); 2D MONAI's B-spline control grid
