@@ -164,12 +164,21 @@ def build_ct_abdomen(data: Path, _out: Path) -> tuple[list[Case], list[Case]]:
 
 SPLEEN = "msd-spleen-ct-crop"
 SPLEEN_LABELS = (LabelSpec(1, "spleen", (0.62, 0.31, 0.64), _term("78961009", "Spleen")),)
+SPLEEN_SPACING = (1.6, 1.6, 5.0)  # twice the crop's in-plane voxel size: a 2-core CPU trains 4x more patches
+
+
+def _resampled(img: sitk.Image, spacing: tuple[float, float, float], label: bool = False) -> sitk.Image:
+    """`img` on a grid of `spacing` covering the same extent (a label map: linear on its mask, then > 0.5)."""
+    size = [max(1, round(n * s / t)) for n, s, t in zip(img.GetSize(), img.GetSpacing(), spacing, strict=True)]
+    out = sitk.Resample(sitk.Cast(img, sitk.sitkFloat32), size, sitk.Transform(), sitk.sitkLinear, img.GetOrigin(),
+                        spacing, img.GetDirection(), -1024.0 if not label else 0.0, sitk.sitkFloat32)
+    return sitk.Cast(out > 0.5, sitk.sitkUInt8) if label else sitk.Cast(sitk.Round(out), sitk.sitkInt16)
 
 
 def build_ct_spleen(data: Path, _out: Path) -> tuple[list[Case], list[Case]]:
-    """spleen2 (manual label) for training; the spleen of TotalSegmentator's upper-abdomen CT as held-out check."""
-    ct = _read(data / SPLEEN / "spleen2_ct.nii.gz", sitk.sitkInt16)
-    seg = _read(data / SPLEEN / "spleen2_seg-manual.nii.gz", sitk.sitkUInt8)
+    """spleen2 (manual label) at 1.6 x 1.6 x 5 mm for training; TotalSegmentator's spleen as held-out check."""
+    ct = _resampled(_read(data / SPLEEN / "spleen2_ct.nii.gz"), SPLEEN_SPACING)
+    seg = _resampled(_read(data / SPLEEN / "spleen2_seg-manual.nii.gz"), SPLEEN_SPACING, label=True)
     ts_ct = _read(data / TS / "example_ct_sm.nii.gz", sitk.sitkInt16)
     ts_seg = _remap(_read(data / TS / "example_seg.nii.gz", sitk.sitkUInt16), {1: 1})
     return [Case("spleen2", ct, seg)], [Case("ts_example_ct_sm", ts_ct, ts_seg)]
@@ -392,7 +401,8 @@ BUNDLES: dict[str, Bundle] = {
         ),
         Bundle(
             "ct-spleen", "CT spleen", "CT", "CT", SPLEEN, "CC BY-SA 4.0", SPLEEN_ATTRIBUTION, SPLEEN_LABELS,
-            "1 CT crop (MSD spleen2, 0.8 x 0.8 x 5 mm) with its manual spleen label",
+            "1 CT crop (MSD spleen2, 0.8 x 0.8 x 5 mm, resampled to 1.6 x 1.6 x 5 mm for training) with its manual "
+            "spleen label",
             "TotalSegmentator example_ct_sm (another patient, upper abdomen, 3 mm) with TotalSegmentator's spleen "
             "(model output, not manual)",
             build_ct_spleen,

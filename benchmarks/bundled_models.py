@@ -60,8 +60,8 @@ MODELS = {
     m.name: m
     for m in (
         ModelSpec("xr-lungs-drr", "unet", 6, (*FAST, "--width", "0.25", "--batch-size", "8"), sample="xr_drr_lungs"),
-        ModelSpec("ct-spleen", "unet", 10, (*FAST, "--width", "0.125", "--patch-size", "16", "96", "96"),
-                  sample="spleen2", inference_patch=(32, 176, 176)),
+        ModelSpec("ct-spleen", "unet", 10, (*FAST, "--width", "0.125", "--patch-size", "16", "80", "80"),
+                  sample="spleen2", inference_patch=(32, 96, 96)),
         ModelSpec("mr-spinalcord-t2", "attention_unet", 6,
                   (*FAST, "--width", "0.125", "--patch-size", "48", "32", "48"), sample="spinalcord_t2",
                   inference_patch=(64, 48, 64)),
