@@ -173,6 +173,15 @@ def test_importing_a_folder_copies_it(dirs, tmp_path):
     assert imported.path != src.path and imported.weights_path.read_bytes() == src.weights_path.read_bytes()
 
 
+def test_importing_a_training_folder_leaves_its_checkpoints_behind(dirs, tmp_path):
+    cat = Catalog(*dirs)
+    src = write_tiny_package(tmp_path / "run", "trained-model")
+    (src.path / "checkpoints").mkdir()
+    (src.path / "checkpoints" / "last.pt").write_bytes(b"optimizer state")
+    cat.import_model(src.path)
+    assert not (cat.get("trained-model").path / "checkpoints").exists()
+
+
 def test_a_bundled_name_is_a_clash_too(dirs, tmp_path):
     cat = Catalog(*dirs)
     src = write_tiny_package(tmp_path / "x", "tiny-ct")

@@ -152,7 +152,8 @@ class Catalog:
             if is_zip:
                 extract_zip(source, unpacked, max_bytes)
             else:
-                shutil.copytree(source, unpacked)
+                # a training run's folder also holds its resumable checkpoints: the package does not need them
+                shutil.copytree(source, unpacked, ignore=shutil.ignore_patterns("checkpoints", "__pycache__"))
             pkg = load_package(unpacked)
             self._check_clash(pkg.name, replace)
             target = self.user_dir / pkg.name
