@@ -67,6 +67,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
     p.add_argument("--out-dir", type=Path, default=REPO_ROOT / "docs", help="where variants.md/.json and plots go")
     p.add_argument("--work-dir", type=Path, help="keep datasets, models and predictions here (default: a temp dir)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the runs an interrupted invocation with the same --work-dir finished")
+    p.add_argument("--records-only", action="store_true",
+                   help="with --resume: report only the runs already finished, train nothing (the report lists "
+                        "the runs that are missing)")
     p.add_argument("--no-ship", action="store_true", help="do not copy variants.json into the module's Resources")
     p.add_argument("--report-only", type=Path, metavar="JSON",
                    help="rewrite the report and plots from an earlier run's variants.json (no training)")
@@ -101,6 +106,8 @@ def write_folders(setting: variant_settings.Setting, folder: Path, args: argpars
     from UNetSegmentationLib.datasets import write_nnunet_dataset
     from UNetSegmentationLib.planning import compute_fingerprint, plan_experiment, save_plans
 
+    if args.resume and (folder / "plans.json").is_file():
+        return folder / "dataset", folder / "plans.json"
     cases = setting.train + setting.evaluate
     dataset = write_nnunet_dataset(folder / "dataset", [(c.images, c.label) for c in cases], setting.channel_names,
                                    setting.labels, names=[c.name for c in cases])
@@ -159,30 +166,47 @@ def _context() -> multiprocessing.context.BaseContext:
     return context
 
 
+def run_once(job: variant_runs.Job, record_path: Path, resume: bool) -> dict:
+    """A job's record: kept from an earlier, interrupted invocation (``--resume``, same job) or run now and saved."""
+    if resume and record_path.is_file():
+        saved = json.loads(record_path.read_text(encoding="utf-8"))
+        if saved["job"] == dataclasses.asdict(job):
+            print("   (kept from the earlier invocation)", flush=True)
+            return saved["record"]
+    shutil.rmtree(job.out_dir, ignore_errors=True)  # a run that did not finish leaves no record
+    record = run_isolated(job)
+    variant_report.write_json({"job": dataclasses.asdict(job), "record": record}, record_path)
+    return record
+
+
 def run_setting(key: str, work: Path, args: argparse.Namespace) -> dict:
     """Prepare one setting, run all its jobs, and return its section of the results."""
     print(f"== {key}: reading the data", flush=True)
     setting = load_setting(key, args)
     folder = work / key
     dataset, plans = write_folders(setting, folder, args)
-    runs = []
+    runs, missing = [], []
     jobs = jobs_for(setting, dataset, plans, folder, args)
     for job in jobs:
         start = time.perf_counter()
+        record_path = folder / "runs" / f"{job.variant}_seed{job.seed}.json"
+        if args.records_only and not record_path.is_file():
+            missing.append(f"{job.variant} seed {job.seed}")
+            continue
         print(f"-- {key} {job.variant} seed {job.seed}: training {job.budget_min:g} min …", flush=True)
-        record = run_isolated(job)
+        record = run_once(job, record_path, args.resume or args.records_only)
         runs.append(record)
         print(f"   {record['iterations']} iterations, {record['parameters']:,} parameters, "
               f"{variant_report.case_summary(record)} ({time.perf_counter() - start:.0f} s)", flush=True)
     schedule = {k: v for k, v in jobs[0].train_options.items() if k not in ("width", "name")}
     schedule.update(gpu_memory_gb=args.gpu_memory_gb or setting.gpu_memory_gb, monitor_cases=jobs[0].monitor_cases,
                     seeds=args.seeds_by_setting.get(key, args.seeds))
-    return variant_report.setting_section(setting, plans, schedule, runs)
+    return variant_report.setting_section(setting, plans, schedule, runs, missing)
 
 
 def command_line(argv: list[str] | None) -> str:
     """The command that reproduces this run."""
-    args = sys.argv[1:] if argv is None else argv
+    args = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--resume", "--records-only")]
     return shlex.join(["python", "benchmarks/compare_variants.py", *args])
 
 

@@ -119,7 +119,7 @@ def ranking_statement(summaries: dict[str, dict], region: str) -> str:
     return text
 
 
-def setting_section(setting, plans_path: Path, schedule: dict, runs: list[dict]) -> dict:
+def setting_section(setting, plans_path: Path, schedule: dict, runs: list[dict], missing: list[str]) -> dict:
     """A setting's part of the results: what was run on what, every run, and the per-variant summaries."""
     plan = json.loads(Path(plans_path).read_text())
     config = next(iter(plan["configurations"].values()))
@@ -135,6 +135,7 @@ def setting_section(setting, plans_path: Path, schedule: dict, runs: list[dict])
                                          "normalization", "features", "pool_strides")},
         "schedule": schedule,
         "runs": runs,
+        "missing": missing,
     })
 
 
@@ -226,6 +227,8 @@ def setting_markdown(key: str, section: dict) -> list[str]:
         lines.append("| " + " | ".join(row) + " |")
     spreads = {v: s["seed_spread"] for v, s in section["summary"].items() if s["seed_spread"]}
     lines.append("")
+    if section.get("missing"):
+        lines += [f"Not run (the session's time ran out before them): {', '.join(section['missing'])}.", ""]
     if spreads:
         lines.append("Seed spread (largest minus smallest per-seed mean Dice): " + "; ".join(
             f"{v}: " + ", ".join(f"{r} {d:.3f}" for r, d in sp.items()) for v, sp in spreads.items()) + ".")
