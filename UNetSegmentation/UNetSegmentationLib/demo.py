@@ -65,6 +65,15 @@ def overlay_png(path: Path, image: Image, result: LabelImage, height: int = 256)
     return path
 
 
+def _print_card_caveats(provenance: dict, sample_name: str) -> None:
+    """Say when the sample was training data, and what the model card measured on held-out data."""
+    if sample_name in provenance.get("training_cases", []):
+        print("  (this sample was in the model's training data: the Dice above is not a measure of generalisation)")
+    heldout = provenance.get("metrics", {}).get("heldout")
+    if heldout and "mean_dice" in heldout:
+        print(f"  model card, held-out mean Dice {heldout['mean_dice']:.3f} on {heldout.get('description', '?')}")
+
+
 def run_demo(out_dir: str | Path = "demo-output") -> int:
     """Segment the first bundled CT sample with its default model; print Dice and wall time. Returns the exit code."""
     from .catalog import Catalog
@@ -101,6 +110,7 @@ def run_demo(out_dir: str | Path = "demo-output") -> int:
         scores = compute_metrics(result.image.array, reference.image.array, values, spacing_zyx)
         for label in result.labels:
             print(f"  Dice {label.name}: {scores[label.value]['dice']:.3f}")
+        _print_card_caveats(model.provenance, sample["name"])
     for message in result.messages:
         print(f"  note: {message}")
     return 0
