@@ -87,7 +87,9 @@ def test_extension_cmake_metadata():
     for line in ("find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})", "add_subdirectory(UNetSegmentation)",
                  "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"):
         assert line in text
-    assert (ROOT / "Resources" / "UNetSegmentation.png").is_file(), "extension icon is missing"
+    for key in ("ICONURL", "SCREENSHOTURLS"):  # raw URLs of files in this repository: the files must exist
+        for url in cmake_set(text, f"EXTENSION_{key}").split():
+            assert (ROOT / url.split("/main/", 1)[1]).is_file(), f"EXTENSION_{key} names a missing file: {url}"
     assert (ROOT / "LICENSE").is_file()
 
 
