@@ -8,6 +8,7 @@ weights as MONAI's). Only `export_onnx` needs torch, and imports it when called.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,8 @@ from .linear_resampling import argmax_on_grid, resample_linear
 from .windows import WindowSettings, count_windows, sliding_window
 
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
-# Largest |torch − onnxruntime| logit difference accepted right after an export.
-_EXPORT_TOLERANCE = 1e-3
+# Largest |torch − onnxruntime| logit difference accepted right after an export, relative to the largest logit.
+_EXPORT_TOLERANCE = 1e-4
 
 
 def export_onnx(model: Any) -> Path:
@@ -61,8 +62,8 @@ def export_onnx(model: Any) -> Path:
 
 def _check_export(path: Path, example: np.ndarray, expected: np.ndarray) -> None:
     got = _session(path, "cpu").run([OUTPUT_NAME], {INPUT_NAME: example})[0]
-    error = float(np.abs(got - expected).max())
-    if got.shape != expected.shape or error > _EXPORT_TOLERANCE:
+    error = float(np.abs(got - expected).max()) if got.shape == expected.shape else math.inf
+    if error > _EXPORT_TOLERANCE * max(1.0, float(np.abs(expected).max())):
         raise RuntimeError(
             f"The ONNX export disagrees with the torch network (shape {got.shape} vs {expected.shape}, max "
             f"difference {error:.2g}); the network uses an operation the exporter does not translate faithfully."
