@@ -93,11 +93,6 @@ def test_export_of_a_missing_model_fails_cleanly(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="preprocessing.py imports torch at module level; the ONNX path uses its numpy functions and "
-    "needs that import to be lazy",
-)
 def test_onnx_backend_runs_without_torch(exported):
     script = textwrap.dedent(
         f"""

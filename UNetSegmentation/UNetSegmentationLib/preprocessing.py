@@ -1,8 +1,10 @@
 """Preprocessing shared by the predictor and the trainer: orientation, resampling, normalisation, HU priors, crops.
 
-Resampling and normalisation run in torch on the tensor's device (CPU or GPU): scipy/skimage resampling is
-nnU-Net's most reported bottleneck. Arrays are in numpy order ``(z, y, x)`` (optionally with leading channel
-axes); functions that take a spacing together with an array name the order they expect.
+Resampling runs in torch on the tensor's device (CPU or GPU): scipy/skimage resampling is nnU-Net's most
+reported bottleneck. Torch is imported only by the functions that need it: orientation, normalisation and crops
+of numpy arrays work without it (the ONNX Runtime backend runs on machines without PyTorch).
+Arrays are in numpy order ``(z, y, x)`` (optionally with leading channel axes); functions that take a spacing
+together with an array name the order they expect.
 """
 
 from __future__ import annotations
@@ -10,14 +12,16 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch.nn.functional import interpolate
 
 from .image import Image
 
-ArrayLike = np.ndarray | torch.Tensor
+if TYPE_CHECKING:
+    import torch
+
+    ArrayLike = np.ndarray | torch.Tensor
 
 # ------------------------------------------------------------------------------------------------- orientation
 
@@ -62,14 +66,14 @@ class Reorientation:
 def _permute(array: ArrayLike, axes: Sequence[int]) -> ArrayLike:
     lead = tuple(range(array.ndim - 3))
     order = (*lead, *(len(lead) + a for a in axes))
-    return array.permute(order) if isinstance(array, torch.Tensor) else np.transpose(array, order)
+    return np.transpose(array, order) if isinstance(array, np.ndarray) else array.permute(order)
 
 
 def _flip(array: ArrayLike, flips: Sequence[bool]) -> ArrayLike:
     dims = tuple(array.ndim - 3 + n for n, f in enumerate(flips) if f)
-    if isinstance(array, torch.Tensor):
-        return array.flip(dims) if dims else array
-    return np.ascontiguousarray(np.flip(array, dims) if dims else array)
+    if isinstance(array, np.ndarray):
+        return np.ascontiguousarray(np.flip(array, dims) if dims else array)
+    return array.flip(dims) if dims else array
 
 
 def reorient(image: Image, orientation: str | None = "RAS") -> tuple[Image, Reorientation]:
@@ -137,6 +141,8 @@ def resample(t: torch.Tensor, shape: Sequence[int], mode: str = "linear") -> tor
     tricubic). Voxel centres follow ``align_corners=False``: the field of view is kept, as in nnU-Net.
     Integer tensors come back in their dtype with "nearest" and as float32 otherwise.
     """
+    from torch.nn.functional import interpolate
+
     spatial = len(shape)
     if spatial not in (2, 3) or t.ndim not in (spatial + 1, spatial + 2):
         raise ValueError(
@@ -165,6 +171,8 @@ def resample_labels(labels: ArrayLike, shape: Sequence[int]) -> ArrayLike:
     which nearest neighbour does not; keeping a running maximum holds two float volumes, not one per label.
     Returns the same kind (numpy or torch, device, dtype) as given.
     """
+    import torch
+
     as_numpy = isinstance(labels, np.ndarray)
     t = torch.from_numpy(labels) if as_numpy else labels
     if tuple(t.shape) == tuple(shape):
@@ -184,6 +192,8 @@ def resample_image(image: Image, target_spacing_xyz: Sequence[float], mode: str 
     The new spacing is the field of view over the rounded size (so it can differ slightly from the target);
     a single-slice (2D) image keeps its one slice. Use `resample_labels` for label maps.
     """
+    import torch
+
     spacing_zyx = tuple(reversed(image.spacing))
     target_zyx = tuple(reversed(tuple(float(s) for s in target_spacing_xyz)))
     if image.is_single_slice:
@@ -218,29 +228,51 @@ def normalize(
     - "zscore": the image's own mean and std; with ``mask`` (e.g. the non-zero region) the statistics come
       from inside the mask and the outside is set to 0 (nnU-Net's masked z-score for skull-stripped MRI).
     - "rescale01": min-max to [0, 1]; "none": unchanged (as float).
+
+    Numpy arrays are normalised with numpy (no torch needed), tensors with torch on their own device.
     """
     as_numpy = isinstance(x, np.ndarray)
-    t = torch.from_numpy(np.asarray(x, dtype=np.float32)) if as_numpy else x.float()
+    t = np.asarray(x, dtype=np.float32) if as_numpy else x.float()
     if scheme == "ct":
-        out = _normalize_ct(t, params or {})
-    elif scheme == "zscore":
-        out = _zscore(t, None if mask is None else _as_bool_tensor(mask, t.device))
-    elif scheme == "rescale01":
-        low, high = t.min(), t.max()
-        out = (t - low) / torch.clamp(high - low, min=_EPSILON)
-    elif scheme == "none":
-        out = t.clone()
-    else:
-        raise ValueError(f"Unknown normalisation scheme {scheme!r}; use one of {NORMALIZATION_SCHEMES}.")
-    return out.numpy() if as_numpy else out
+        return _normalize_ct(t, params or {})
+    if scheme == "zscore":
+        return _zscore(t, None if mask is None else _as_bool(mask, t))
+    if scheme == "rescale01":
+        low = t.min()
+        return (t - low) / (t.max() - low).clip(min=_EPSILON)
+    if scheme == "none":
+        return t.copy() if as_numpy else t.clone()
+    raise ValueError(f"Unknown normalisation scheme {scheme!r}; use one of {NORMALIZATION_SCHEMES}.")
 
 
-def _as_bool_tensor(mask: ArrayLike, device: torch.device) -> torch.Tensor:
+def _as_bool(mask: ArrayLike, like: ArrayLike) -> ArrayLike:
+    """``mask`` as a boolean array of the same kind (and device) as ``like``."""
+    if isinstance(like, np.ndarray):
+        return np.asarray(mask if isinstance(mask, np.ndarray) else mask.cpu().numpy(), dtype=bool)
+    import torch
+
     m = torch.from_numpy(np.asarray(mask)) if isinstance(mask, np.ndarray) else mask
-    return m.to(device=device, dtype=torch.bool)
+    return m.to(device=like.device, dtype=torch.bool)
 
 
-def _normalize_ct(t: torch.Tensor, params: dict) -> torch.Tensor:
+def _std_mean(t: ArrayLike) -> tuple[ArrayLike, ArrayLike]:
+    """Population standard deviation and mean, in one pass for tensors."""
+    if isinstance(t, np.ndarray):
+        return t.std(), t.mean()
+    import torch
+
+    return torch.std_mean(t, correction=0)
+
+
+def _where(condition: ArrayLike, a: ArrayLike, b: float) -> ArrayLike:
+    if isinstance(a, np.ndarray):
+        return np.where(condition, a, np.float32(b))
+    import torch
+
+    return torch.where(condition, a, b)
+
+
+def _normalize_ct(t: ArrayLike, params: dict) -> ArrayLike:
     if "clip" in params:
         low, high = params["clip"]
     elif "percentile_00_5" in params and "percentile_99_5" in params:
@@ -253,20 +285,20 @@ def _normalize_ct(t: torch.Tensor, params: dict) -> torch.Tensor:
             f"CT normalisation needs {missing} in its parameters (from the dataset fingerprint, see "
             "ct_params_from_intensities)."
         )
-    clipped = torch.clamp(t, float(low), float(high))
+    clipped = t.clip(float(low), float(high))
     return (clipped - float(params["mean"])) / max(float(params["std"]), _EPSILON)
 
 
-def _zscore(t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def _zscore(t: ArrayLike, mask: ArrayLike | None) -> ArrayLike:
     if mask is None:
-        std, mean = torch.std_mean(t, correction=0)
-        return (t - mean) / torch.clamp(std, min=_EPSILON)
+        std, mean = _std_mean(t)
+        return (t - mean) / std.clip(min=_EPSILON)
     if mask.shape != t.shape:
         raise ValueError(f"The normalisation mask {tuple(mask.shape)} must match the image {tuple(t.shape)}.")
     if not bool(mask.any()):
-        return torch.zeros_like(t)
-    std, mean = torch.std_mean(t[mask], correction=0)
-    return torch.where(mask, (t - mean) / torch.clamp(std, min=_EPSILON), torch.zeros((), device=t.device))
+        return _where(mask, t, 0.0)  # all zero
+    std, mean = _std_mean(t[mask])
+    return _where(mask, (t - mean) / std.clip(min=_EPSILON), 0.0)
 
 
 def ct_params_from_intensities(values: np.ndarray) -> dict[str, float]:
@@ -294,9 +326,11 @@ HU_PRIOR_WINDOWS = (("lung", -1000.0, -400.0), ("soft tissue", -100.0, 100.0), (
 def hu_prior_channels(hu: ArrayLike) -> ArrayLike:
     """Three binary float channels ``(3, *spatial)`` (lung, soft tissue, bone) from a CT in Hounsfield units."""
     channels = [(hu >= low) & (hu <= high) for _, low, high in HU_PRIOR_WINDOWS]
-    if isinstance(hu, torch.Tensor):
-        return torch.stack(channels).float()
-    return np.stack(channels).astype(np.float32)
+    if isinstance(hu, np.ndarray):
+        return np.stack(channels).astype(np.float32)
+    import torch
+
+    return torch.stack(channels).float()
 
 
 # ------------------------------------------------------------------------------------------------------ crops
@@ -308,7 +342,7 @@ def nonzero_bbox(arrays: ArrayLike | Sequence[ArrayLike], margin: int = 0) -> tu
     Give one array, or a list of same-shape arrays (one per channel) for the union. An all-zero input gives
     the full extent, so cropping to it is a no-op.
     """
-    channels = [arrays] if isinstance(arrays, (np.ndarray, torch.Tensor)) else list(arrays)
+    channels = [arrays] if hasattr(arrays, "ndim") else list(arrays)  # one numpy array or tensor, or several
     masks = [c != 0 for c in channels]
     return _mask_bbox(_union(masks), margin)
 
@@ -331,10 +365,10 @@ def _mask_bbox(mask: ArrayLike, margin: int) -> tuple[slice, ...]:
     slices = []
     for axis in range(mask.ndim):
         others = tuple(a for a in range(mask.ndim) if a != axis)
-        if isinstance(mask, torch.Tensor):
-            profile = mask.any(dim=others).cpu().numpy() if others else mask.cpu().numpy()
-        else:
+        if isinstance(mask, np.ndarray):
             profile = mask.any(axis=others)
+        else:
+            profile = mask.any(dim=others).cpu().numpy() if others else mask.cpu().numpy()
         hits = np.flatnonzero(profile)
         if hits.size == 0:
             return tuple(slice(0, n) for n in mask.shape)
@@ -350,9 +384,11 @@ def crop(array: ArrayLike, bbox: Sequence[slice]) -> ArrayLike:
 def uncrop(array: ArrayLike, bbox: Sequence[slice], full_shape: Sequence[int], fill: float = 0) -> ArrayLike:
     """Put a cropped array back into a ``full_shape`` (spatial) array filled with ``fill``; leading axes kept."""
     shape = (*array.shape[: array.ndim - len(bbox)], *full_shape)
-    if isinstance(array, torch.Tensor):
-        out = torch.full(shape, fill, dtype=array.dtype, device=array.device)
-    else:
+    if isinstance(array, np.ndarray):
         out = np.full(shape, fill, dtype=array.dtype)
+    else:
+        import torch
+
+        out = torch.full(shape, fill, dtype=array.dtype, device=array.device)
     out[(Ellipsis, *bbox)] = array
     return out
