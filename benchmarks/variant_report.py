@@ -252,8 +252,9 @@ def markdown(results: dict) -> str:
         f"- Hardware: {hw['cpu']}, {hw['cores']} cores" + (f", {hw['memory_gb']} GB RAM" if hw.get("memory_gb") else "")
         + f"; trained and evaluated on {device}; torch {hw['torch']}, Python {hw['python']}.",
         f"- Budget: **{opts['budget_min']:g} min wall clock of training per run** (the trainer's loop, with its "
-        "validation; preprocessing excluded), the same for every variant. The machine may be shared, so a "
-        "budget buys a varying number of iterations: the iterations column says how many each run did.",
+        "validation; preprocessing excluded), the same for every variant. The machine may be shared (other "
+        "jobs; settings run as parallel invocations), so a budget buys a varying number of iterations: the "
+        "iterations and CPU-seconds columns say what each run got.",
         "- Same for every variant: the data split, the plan (spacing, normalisation, patch size where the "
         "network's stride allows, batch size), the trainer's augmentation (nnU-Net's), Dice + cross-entropy, SGD "
         "with Nesterov momentum and poly decay over the budget, foreground oversampling, and "
