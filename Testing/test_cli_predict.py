@@ -115,6 +115,30 @@ def test_json_progress_and_label_map_output(models, case, tmp_path, capsys):
     assert _leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize(("flags", "tta"), [([], None), (["--tta"], True), (["--no-tta"], False)])
+def test_tta_flags_reach_segment(flags, tta, models, case, tmp_path, capsys, monkeypatch):
+    from UNetSegmentationLib import predict_job
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["tta"])
+        return segment(*args, **kwargs)
+
+    segment = predict_job.segment
+    monkeypatch.setattr(predict_job, "segment", spy)
+    sitk.WriteImage(case[0].to_sitk(), str(tmp_path / "ct.nrrd"))
+    code, _ = _predict(capsys, [tmp_path / "ct.nrrd"], models["echo"].path, tmp_path / "out.nrrd", *flags)
+    assert code == 0 and seen == [tta]
+
+
+def test_tta_and_no_tta_exclude_each_other(models, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _predict(capsys, [tmp_path / "ct.nrrd"], models["echo"].path, tmp_path / "out.nrrd", "--tta", "--no-tta")
+    assert exit_info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 def test_constant_image_warns_and_writes_an_empty_segmentation(models, tmp_path, capsys):
     sitk.WriteImage(Image(np.zeros((8, 20, 20), np.int16)).to_sitk(), str(tmp_path / "zeros.nrrd"))
     code, events = _predict(capsys, [tmp_path / "zeros.nrrd"], models["echo"].path, tmp_path / "out.seg.nrrd")
@@ -155,7 +179,7 @@ def test_sigterm_mid_run_leaves_no_file(models, tmp_path):
 def _bad_model(tmp_path: Path, kind: str) -> Path:
     folder = tmp_path / f"model-{kind}"
     package = echo_package(folder, name=f"bad-{kind}")
-    manifest = json.loads((folder / "model.json").read_text())
+    manifest = json.loads((folder / "model.json").read_text(encoding="utf-8"))
     if kind == "corrupt":
         (folder / "model.json").write_text('{"format": "unetseg-model/1", "name": ')
     elif kind == "schema":

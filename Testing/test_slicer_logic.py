@@ -95,7 +95,7 @@ class StubCatalog:
         return self.packages[name]
 
     def import_model(self, path):
-        manifest = json.loads((Path(path) / "model.json").read_text())
+        manifest = json.loads((Path(path) / "model.json").read_text(encoding="utf-8"))
         self.packages[manifest["name"]] = SimpleNamespace(name=manifest["name"], modality="CT", variant="unet")
         return manifest["name"]
 
@@ -158,8 +158,20 @@ def test_segment_oblique_flipped_anisotropic_volume_matches_predictor_output(sce
     assert seg.GetNodeReference(seg.GetReferenceImageGeometryReferenceRole()) is volume
     assert sh.GetItemParent(sh.GetItemByDataNode(seg)) == study
     assert work_leftovers(tmp_path) == []
-    record = json.loads((tmp_path / "record.json").read_text())
+    record = json.loads((tmp_path / "record.json").read_text(encoding="utf-8"))
     assert record["argv"][record["argv"].index("--device") + 1] == "cpu"
+
+
+def test_tta_none_true_false_keep_or_switch_the_models_default(scene, fake, tmp_path):
+    image, labels = phantoms.ct_phantom(shape=CT_SHAPE)
+    volume = add_volume(image, "CT phantom")
+    logic = fake("echo", labels.array)
+    flags = {}
+    for tta in (None, True, False):
+        logic.segment(volume, "fake-model", device="cpu", tta=tta)
+        argv = json.loads((tmp_path / "record.json").read_text(encoding="utf-8"))["argv"]
+        flags[tta] = [a for a in argv if a in ("--tta", "--no-tta")]
+    assert flags == {None: [], True: ["--tta"], False: ["--no-tta"]}
 
 
 def test_single_slice_2d_volume(scene, fake):
@@ -178,7 +190,7 @@ def test_multi_input_model_gets_sequences_in_order(scene, fake, tmp_path):
 
     logic.segment([t1, t2], "fake-model")
 
-    means = json.loads((tmp_path / "record.json").read_text())["means"]
+    means = json.loads((tmp_path / "record.json").read_text(encoding="utf-8"))["means"]
     assert means == pytest.approx([images[0].array.mean(), images[1].array.mean()], rel=1e-4)
     with pytest.raises(ValueError, match="needs 2 input volume"):
         logic.segment([t1], "fake-model")
@@ -355,7 +367,7 @@ def test_rgb_volume_is_segmented_as_luminance(scene, fake, tmp_path):
     rgb.CopyOrientation(grey)
     xray_labels = list(phantoms.XRAY_LABELS)
     seg = fake("echo", labels.array, input_names=("X-ray",), label_list=xray_labels).segment(rgb, "fake-model")
-    mean = json.loads((tmp_path / "record.json").read_text())["means"][0]
+    mean = json.loads((tmp_path / "record.json").read_text(encoding="utf-8"))["means"][0]
     assert mean == pytest.approx(image.array.mean(), rel=1e-4)
     np.testing.assert_array_equal(segment_mask(seg, "left lung", grey), labels.array == 2)
 
@@ -407,7 +419,7 @@ def test_export_training_cases_writes_an_nnunet_dataset(scene, fake, tmp_path):
 
     folder = logic.exportTrainingCases([c[0] for c in cases], tmp_path / "dataset")
 
-    dataset = json.loads((folder / "dataset.json").read_text())
+    dataset = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
     assert dataset["labels"] == {"background": 0, "organ": 1, "lesion": 2, "lung": 3, "bone": 4}
     assert dataset["channel_names"] == {"0": "CT"} and dataset["numTraining"] == 2
     for index, (_, volume, expected) in enumerate(cases):
@@ -491,7 +503,7 @@ def test_train_from_scene_cases_exports_runs_and_imports_the_model(scene, fake, 
     name = run.wait(timeout=120)
 
     assert name == "my-unet" and set(logic.availableModels()) == before | {"my-unet"}
-    record = json.loads((tmp_path / "record.json").read_text())
+    record = json.loads((tmp_path / "record.json").read_text(encoding="utf-8"))
     argv = record["argv"]
     assert argv[argv.index("--variant") + 1] == "unet" and argv[argv.index("--time-budget") + 1] == "5"
     assert record["dataset"] == ["dataset.json", "imagesTr", "labelsTr"]

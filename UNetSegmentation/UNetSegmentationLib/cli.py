@@ -98,8 +98,11 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    help="output file: .seg.nrrd (Slicer segmentation) or .nii.gz/.nii/.nrrd/.mha (label map)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
                    help="compute device (default: auto = CUDA, then Apple MPS, then CPU)")  # fmt: skip
-    p.add_argument("--tta", action="store_const", const=True, default=None,
-                   help="mirror test-time augmentation (slower; default: as the model's manifest says)")
+    tta = p.add_mutually_exclusive_group()
+    tta.add_argument("--tta", action="store_const", const=True, default=None,
+                     help="mirror test-time augmentation (slower; default: as the model's manifest says)")
+    tta.add_argument("--no-tta", dest="tta", action="store_const", const=False,
+                     help="no test-time augmentation, even where the model's manifest turns it on")
     p.add_argument("--no-postprocess", dest="postprocess", action="store_const", const=False, default=None,
                    help="skip the model's post-processing (largest component, hole filling, islands)")
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch",

@@ -223,7 +223,7 @@ class UNetSegmentationLogic:
         inputVolumes: Any,
         model: str,
         device: str = "auto",
-        tta: bool = False,
+        tta: bool | None = None,
         postprocess: bool | None = None,
         outputSegmentation: Any = None,
         showIn3D: bool = False,
@@ -235,11 +235,10 @@ class UNetSegmentationLogic:
 
         Runs `unetseg predict` in a background process. With `waitForCompletion` (scripts) it returns the
         segmentation node; otherwise a `BackgroundRun` to `poll()` (the panel) whose `result` is the node.
-        `tta=True` adds mirroring test-time augmentation (False keeps the model's default: `unetseg predict`
-        has no switch to turn a manifest's TTA off); `postprocess=None` keeps the model's default, False turns
-        post-processing off. Writing into an
-        existing `outputSegmentation` replaces only the segments named like this model's labels (see
-        `editedSegments` to ask first). On failure or cancel the scene is left as it was.
+        `tta=None` keeps the model's test-time augmentation default, True turns mirroring TTA on, False off
+        (`--tta` / `--no-tta`); `postprocess=None` keeps the model's default, False turns post-processing off.
+        Writing into an existing `outputSegmentation` replaces only the segments named like this model's labels
+        (see `editedSegments` to ask first). On failure or cancel the scene is left as it was.
         """
         volumes = _asVolumeList(inputVolumes)
         package = self.modelInfo(model)
@@ -257,7 +256,8 @@ class UNetSegmentationLogic:
         for path in inputPaths:
             args += ["-i", str(path)]
         args += ["-m", _modelLocation(package, model), "-o", str(outputPath), "--device", device]
-        args += ["--progress", "json", *(["--tta"] if tta else [])]
+        args += ["--progress", "json"]
+        args += [] if tta is None else ["--tta" if tta else "--no-tta"]
         args += ["--no-postprocess"] if postprocess is False else []
         modelName = str(getattr(package, "name", model))
 
@@ -393,7 +393,7 @@ class UNetSegmentationLogic:
             "file_ending": TRAINING_FILE_ENDING,
             "name": "Slicer scene cases",
         }
-        (folder / "dataset.json").write_text(json.dumps(dataset, indent=2))
+        (folder / "dataset.json").write_text(json.dumps(dataset, indent=2), encoding="utf-8")
         return folder
 
     def train(
