@@ -20,7 +20,7 @@ needs_models = pytest.mark.skipif(not MODEL_FOLDERS, reason="no bundled model ye
 
 
 def _samples() -> dict[str, dict]:
-    return {s["name"]: s for s in json.loads((SAMPLE_DIR / "samples.json").read_text())["samples"]}
+    return {s["name"]: s for s in json.loads((SAMPLE_DIR / "samples.json").read_text(encoding="utf-8"))["samples"]}
 
 
 @pytest.mark.slow

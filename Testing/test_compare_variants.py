@@ -51,13 +51,13 @@ def synthetic_run(tmp_path_factory):
            "--budget-min", "0.1", "--out-dir", str(out), "--work-dir", str(work)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out, work, json.loads((out / variant_report.RESULTS).read_text())
+    return out, work, json.loads((out / variant_report.RESULTS).read_text(encoding="utf-8"))
 
 
 @pytest.mark.slow
 def test_synthetic_comparison_writes_a_well_formed_table_and_both_plots(synthetic_run):
     out, _, results = synthetic_run
-    markdown = (out / variant_report.MARKDOWN).read_text()
+    markdown = (out / variant_report.MARKDOWN).read_text(encoding="utf-8")
     tables = _tables(markdown)
     assert set(tables) == {"synthetic_3d", "synthetic_2d"}
     for key, rows in tables.items():
@@ -97,8 +97,9 @@ def test_table_cell_is_recomputed_from_the_saved_predictions(synthetic_run):
         r = np.isin(sitk.GetArrayFromImage(ref), values)
         dices.append(compute_metrics(p, r, [1], ref.GetSpacing()[::-1])[1]["dice"])
     assert section["summary"]["unet"]["dice"][region]["mean"] == pytest.approx(np.mean(dices), abs=1e-9)
-    row = next(r for r in _tables((out / variant_report.MARKDOWN).read_text())["synthetic_3d"] if r[0] == "unet")
-    header = _tables((out / variant_report.MARKDOWN).read_text())["synthetic_3d"][0]
+    report = (out / variant_report.MARKDOWN).read_text(encoding="utf-8")
+    row = next(r for r in _tables(report)["synthetic_3d"] if r[0] == "unet")
+    header = _tables((out / variant_report.MARKDOWN).read_text(encoding="utf-8"))["synthetic_3d"][0]
     cell = row[header.index(f"{region} Dice")]
     assert float(CELL.match(cell).group(1)) == pytest.approx(np.mean(dices), abs=5e-4)
 
@@ -116,7 +117,8 @@ def test_runs_record_budget_iterations_and_memory(synthetic_run):
 def test_report_only_redraws_the_same_report(synthetic_run, tmp_path):
     out, _, _ = synthetic_run
     assert compare_variants.main(["--report-only", str(out / variant_report.RESULTS), "--out-dir", str(tmp_path)]) == 0
-    assert (tmp_path / variant_report.MARKDOWN).read_text() == (out / variant_report.MARKDOWN).read_text()
+    redrawn = (tmp_path / variant_report.MARKDOWN).read_text(encoding="utf-8")
+    assert redrawn == (out / variant_report.MARKDOWN).read_text(encoding="utf-8")
     assert _is_png(tmp_path / variant_report.CURVES_PLOT)
 
 

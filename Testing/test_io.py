@@ -284,9 +284,9 @@ def test_atomic_write_replaces_on_success_and_cleans_up_on_error(tmp_path):
     with io.atomic_write(target) as temporary:
         assert temporary.parent == target.parent and temporary.name.endswith("model.pt")
         temporary.write_text("v1")
-    assert target.read_text() == "v1"
+    assert target.read_text(encoding="utf-8") == "v1"
     with pytest.raises(KeyboardInterrupt), io.atomic_write(target) as temporary:
         temporary.write_text("v2 half")
         raise KeyboardInterrupt
-    assert target.read_text() == "v1"
+    assert target.read_text(encoding="utf-8") == "v1"
     assert os.listdir(tmp_path) == ["model.pt"]

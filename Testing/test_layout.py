@@ -54,7 +54,7 @@ def cmake_set(text: str, variable: str) -> str:
 
 
 def module_cmake() -> str:
-    return (MODULE_DIR / "CMakeLists.txt").read_text()
+    return (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
 
 
 def test_every_python_file_is_listed_in_module_scripts():
@@ -80,7 +80,7 @@ def test_module_cmake_builds_scripted_module_with_tests():
 
 
 def test_extension_cmake_metadata():
-    text = (ROOT / "CMakeLists.txt").read_text()
+    text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     assert re.search(r"project\(UNetSegmentation\)", text)
     for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
         assert cmake_set(text, f"EXTENSION_{key}"), f"EXTENSION_{key} is empty"
@@ -95,9 +95,9 @@ def test_extension_cmake_metadata():
 
 def test_catalog_entry_validates_and_agrees_with_cmake():
     entry_path = ROOT / "UNetSegmentation.json"
-    entry = json.loads(entry_path.read_text())
+    entry = json.loads(entry_path.read_text(encoding="utf-8"))
     jsonschema.validate(entry, CATALOG_SCHEMA)
-    cmake = (ROOT / "CMakeLists.txt").read_text()
+    cmake = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     assert entry_path.stem == re.search(r"project\((\w+)\)", cmake).group(1), "JSON name must equal project()"
     assert not entry_path.stem.startswith("Slicer"), "ExtensionsIndex refuses names starting with 'Slicer'"
     assert entry["category"] in ACCEPTED_CATEGORIES
@@ -118,7 +118,7 @@ def _imports(tree: ast.AST, top_level_only: bool) -> set[str]:
 
 
 def test_module_file_has_no_top_level_heavy_import():
-    tree = ast.parse((MODULE_DIR / "UNetSegmentation.py").read_text())
+    tree = ast.parse((MODULE_DIR / "UNetSegmentation.py").read_text(encoding="utf-8"))
     heavy = _imports(tree, top_level_only=True) & {"torch", "monai", "SimpleITK", "onnxruntime", "numpy"}
     assert not heavy, f"UNetSegmentation.py imports {heavy} at module level; Slicer start-up must stay fast"
 
@@ -126,7 +126,7 @@ def test_module_file_has_no_top_level_heavy_import():
 def test_core_never_imports_qt_and_only_the_bridge_imports_slicer():
     bridge_files = {"slicer_logic.py", "dependencies.py"}
     for path in LIB_DIR.glob("*.py"):
-        names = _imports(ast.parse(path.read_text()), top_level_only=False)
+        names = _imports(ast.parse(path.read_text(encoding="utf-8")), top_level_only=False)
         assert not names & {"qt", "ctk", "PythonQt"}, f"{path.name} imports Qt; only UNetSegmentation.py may"
         if path.name not in bridge_files:
             assert not names & {"slicer", "vtk", "vtkmodules"}, f"{path.name} imports slicer/vtk"
@@ -161,8 +161,8 @@ def test_slicer_bridge_import_does_not_load_torch():
 
 def test_widget_uses_only_names_defined_in_ui_file():
     ui_path = MODULE_DIR / "Resources" / "UI" / "UNetSegmentation.ui"
-    ui_names = set(re.findall(r'<widget class="[^"]+" name="([^"]+)"', ui_path.read_text()))
-    code = (MODULE_DIR / "UNetSegmentation.py").read_text()
+    ui_names = set(re.findall(r'<widget class="[^"]+" name="([^"]+)"', ui_path.read_text(encoding="utf-8")))
+    code = (MODULE_DIR / "UNetSegmentation.py").read_text(encoding="utf-8")
     used = set(re.findall(r"self\.ui\.(\w+)", code))
     assert used <= ui_names, f"widget names used in code but absent from the .ui: {sorted(used - ui_names)}"
 

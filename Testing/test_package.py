@@ -161,7 +161,7 @@ def test_saving_replaces_an_existing_package_and_keeps_other_files(tmp_path):
     assert pkg.version == "2.0.0"
     loaded = load_state_dict(pkg)
     assert all(torch.equal(loaded[k], v) for k, v in tiny_state_dict(seed=1).items())
-    assert (tmp_path / "training.log").read_text() == "epoch 1"
+    assert (tmp_path / "training.log").read_text(encoding="utf-8") == "epoch 1"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "training.log", "weights.safetensors"]
 
 

@@ -115,7 +115,7 @@ def test_package_holds_labels_preprocessing_plans_and_checkpoints(trained):
     assert prov["source_label_values"] == {"right lung": 1, "left lung": 2}
     plan = load_plan(package.path / "plans.json")
     assert tuple(m["inference"]["patch_size"]) == plan.patch_size
-    log = [json.loads(line) for line in (package.path / "training_log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (package.path / "training_log.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [row["epoch"] for row in log] == [1, 2, 3, 4, 5, 6]
     assert log[-1]["val_dice"] > log[0]["val_dice"]
     for name in ("checkpoint_last.pt", "checkpoint_best.pt"):

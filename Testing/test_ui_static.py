@@ -36,7 +36,7 @@ def ui() -> ET.Element:
 
 @pytest.fixture(scope="module")
 def module_tree() -> ast.Module:
-    return ast.parse(MODULE_FILE.read_text())
+    return ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
 
 
 def widgets(ui: ET.Element) -> dict[str, ET.Element]:

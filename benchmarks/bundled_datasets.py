@@ -117,13 +117,13 @@ def write_dataset(folder: Path, bundle: Bundle, train: list[Case], heldout: list
         for sub, img, file in (("imagesTs", case.image, f"{case.name}_0000"), ("labelsTs", case.label, case.name)):
             (folder / sub).mkdir(exist_ok=True)
             sitk.WriteImage(img, str(folder / sub / f"{file}.nii.gz"), True)
-    doc = json.loads((folder / "dataset.json").read_text())
+    doc = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
     doc.update(
         name=bundle.name, description=bundle.title, licence=bundle.licence, reference=bundle.attribution,
         source=bundle.source, training_data=bundle.training_data, heldout_data=bundle.heldout_data,
         label_details=[label.to_dict() for label in bundle.labels],
     )
-    (folder / "dataset.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (folder / "dataset.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     return folder
 
 
@@ -458,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for name in args.names or BUNDLES:
         folder = build(name, args.data, args.out)
-        ds = json.loads((folder / "dataset.json").read_text())
+        ds = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
         print(f"{name}: {folder} ({ds['numTraining']} training cases, "
               f"{len(list((folder / 'imagesTs').glob('*.nii.gz')))} held out)")
     if args.samples:

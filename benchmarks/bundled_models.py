@@ -95,7 +95,8 @@ def run_training(cmd: list[str], log: Path) -> tuple[float, float]:
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
-        raise RuntimeError(f"Training failed (exit {proc.returncode}); see {log}:\n{log.read_text()[-3000:]}")
+        tail = log.read_text(encoding="utf-8")[-3000:]
+        raise RuntimeError(f"Training failed (exit {proc.returncode}); see {log}:\n{tail}")
     return after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, wall
 
 
@@ -108,7 +109,7 @@ def _cases(folder: Path, split: str, data_root: Path) -> list[dict]:
 
 def measure_all(package, spec: ModelSpec, folder: Path, data_root: Path, shared: Path) -> dict:
     """The card's metrics entries: held-out (or robustness), training set, and the bundled sample."""
-    doc = json.loads((folder / "dataset.json").read_text())
+    doc = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
     names = [label.name for label in package.labels]
     metrics = {}
     heldout = _cases(folder, "Ts", data_root)
@@ -130,7 +131,7 @@ def measure_all(package, spec: ModelSpec, folder: Path, data_root: Path, shared:
 def card(trained, spec: ModelSpec, folder: Path, command: str, cpu_s: float, wall_s: float) -> dict:
     """The bundled manifest: the trainer's (labels with colours and terminology from dataset.json), with our
     name, description, post-processing and provenance."""
-    doc = json.loads((folder / "dataset.json").read_text())
+    doc = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
     manifest = json.loads(json.dumps(trained.manifest))
     data = doc["training_data"].rstrip(".")
     manifest.update(name=spec.name, version="1.0", description=f"{doc['description']}. Trained by "
@@ -204,13 +205,14 @@ def bundle_model(spec: ModelSpec, data_root: Path, shared: Path, budget_scale: f
 def link_samples() -> None:
     """Set each sample's "model" in samples.json to the bundled model that segments it (when it exists)."""
     path = bundled_datasets.SAMPLE_DIR / "samples.json"
-    doc = json.loads(path.read_text())
+    doc = json.loads(path.read_text(encoding="utf-8"))
     owners = {m.sample: m.name for m in MODELS.values()
               if m.sample and m.links_sample and (model_cards.MODELS_DIR / m.name).is_dir()}
     for sample in doc["samples"]:
         sample["model"] = owners.get(sample["name"], sample.get("model"))
     text = json.dumps(doc, indent=2, ensure_ascii=False)
-    path.write_text(re.sub(r'\[\n\s+("[^"\n]*")\n\s+\]', r"[\1]", text) + "\n")  # one-file lists on one line
+    # one-file lists on one line
+    path.write_text(re.sub(r'\[\n\s+("[^"\n]*")\n\s+\]', r"[\1]", text) + "\n", encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:

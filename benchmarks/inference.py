@@ -177,7 +177,8 @@ def run_contender(name: str, command: list[str], log: Path) -> dict:
     """
     done = subprocess.run([sys.executable, __file__, "measure", str(log), *command], capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"{name} failed; see {log}:\n{log.read_text()[-2000:]}")
+        tail = log.read_text(encoding="utf-8")[-2000:]
+        raise RuntimeError(f"{name} failed; see {log}:\n{tail}")
     wall, rss_kib = done.stdout.split()[-2:]
     return {"name": name, "wall_s": float(wall), "peak_rss_gib": int(rss_kib) / 1024**2, "log": log}
 
@@ -247,7 +248,8 @@ def speed_comparison(work: Path, image: Path, model: Path) -> None:
         run_contender("unetseg (torch)", predict_command(image, model, outputs["torch"], "torch"), out / "torch.log"),
         run_contender("unetseg (onnx)", predict_command(image, model, outputs["onnx"], "onnx"), out / "onnx.log"),
     ]
-    monai_windows = next(line for line in (out / "monai.log").read_text().splitlines() if "windows:" in line)
+    monai_log = (out / "monai.log").read_text(encoding="utf-8")
+    monai_windows = next(line for line in monai_log.splitlines() if "windows:" in line)
     print(f"\nModel {package.name}: {package.description}")
     print(f"  windows: unetseg {our_windows(image, model)}; {monai_windows}")
     print(f"  {'contender':<18} {'wall s':>8} {'× MONAI':>8} {'peak RSS GiB':>13}")

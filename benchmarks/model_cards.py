@@ -32,7 +32,7 @@ KINDS = ("heldout", "robustness", "training", "sample")
 
 def sample_pairs(name: str) -> list[tuple[list[Path], Path]]:
     """The image(s) and reference of a bundled sample (samples.json)."""
-    samples = {s["name"]: s for s in json.loads((SAMPLE_DIR / "samples.json").read_text())["samples"]}
+    samples = {s["name"]: s for s in json.loads((SAMPLE_DIR / "samples.json").read_text(encoding="utf-8"))["samples"]}
     if name not in samples:
         raise ValueError(f"No bundled sample named {name!r}; samples.json has {', '.join(samples)}.")
     s = samples[name]
@@ -155,12 +155,12 @@ def readme_table(packages: list) -> str:
 
 def write_readme(packages: list, readme: Path = README) -> None:
     """Replace the text between the README's models markers with the current table."""
-    text = readme.read_text()
+    text = readme.read_text(encoding="utf-8")
     if START not in text or END not in text:
         raise ValueError(f"{readme} has no {START} … {END} markers; add them where the table belongs.")
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{START}\n{readme_table(packages)}\n{END}{tail}")
+    readme.write_text(f"{head}{START}\n{readme_table(packages)}\n{END}{tail}", encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -70,7 +70,7 @@ def isbi_dataset(data: Path, work: Path) -> tuple[Path, list[str], list[tuple[Pa
            "description": "2D U-Net for EM membranes (research model; marked XR only because the manifest "
                           "knows CT/MR/XR)",
            "training_data": "ISBI 2012 EM sections 0-19 (shared/data/isbi2012-em-membranes)"}
-    (folder / "dataset.json").write_text(json.dumps(doc, indent=2))
+    (folder / "dataset.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
     return folder, [f"section_{i:02d}" for i in ISBI_TEST], heldout
 
 
@@ -119,7 +119,7 @@ def brats_dataset(data: Path, work: Path) -> tuple[Path, list[str], dict[str, tu
     doc = {"cases": cases, "channel_names": ["FLAIR", "T1c"], "labels": {str(k): v for k, v in BRATS_LABELS.items()},
            "modality": "MR", "name": "brats2015-sample-nnunet", "licence": "CC BY-NC-SA 3.0 CH (non-commercial)",
            "training_data": "BraTS 2015 sample train/ (2 cases; shared/data/brats2015-deepmedic-sample)"}
-    (folder / "dataset.json").write_text(json.dumps(doc, indent=2))
+    (folder / "dataset.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
     return folder, sorted(validation), validation
 
 
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         package, timing = run_task("brats", dataset, args.work / "brats-nnunet", args.brats_minutes, options, cache)
         results["brats2015_sample"] = {**timing, **evaluate_brats(package, validation), "package": str(package)}
         print(json.dumps({"brats2015_sample": results["brats2015_sample"]}, indent=2), flush=True)
-    (args.work / "results.json").write_text(json.dumps(results, indent=2))
+    (args.work / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     print(json.dumps(results, indent=2))
     return 0
 

@@ -121,7 +121,7 @@ def ranking_statement(summaries: dict[str, dict], region: str) -> str:
 
 def setting_section(setting, plans_path: Path, schedule: dict, runs: list[dict], missing: list[str]) -> dict:
     """A setting's part of the results: what was run on what, every run, and the per-variant summaries."""
-    plan = json.loads(Path(plans_path).read_text())
+    plan = json.loads(Path(plans_path).read_text(encoding="utf-8"))
     config = next(iter(plan["configurations"].values()))
     return analyse({
         "title": setting.title, "spatial_dims": setting.spatial_dims, "source": setting.source,
@@ -155,7 +155,7 @@ def hardware(device: str) -> dict:
     cpu = platform.processor() or "unknown CPU"
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text(encoding="utf-8").splitlines()
                  if line.startswith("model name")]
         cpu = names[0] if names else cpu
     info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),

@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 def readRequirements(path: str | Path = REQUIREMENTS_FILE) -> list[str]:
     """The requirement lines of a requirements.txt (comments and blank lines dropped)."""
-    lines = (line.split("#", 1)[0].strip() for line in Path(path).read_text().splitlines())
+    lines = (line.split("#", 1)[0].strip() for line in Path(path).read_text(encoding="utf-8").splitlines())
     return [line for line in lines if line]
 
 

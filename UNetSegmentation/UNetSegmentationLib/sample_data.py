@@ -14,7 +14,7 @@ def load_samples(modality: str | None = None) -> list[dict]:
     """The bundled samples (optionally of one modality), each with its files, reference, model and licence."""
     if not SAMPLES_FILE.is_file():
         return []
-    samples = json.loads(SAMPLES_FILE.read_text())["samples"]
+    samples = json.loads(SAMPLES_FILE.read_text(encoding="utf-8"))["samples"]
     return [s for s in samples if modality is None or s.get("modality") == modality]
 
 
