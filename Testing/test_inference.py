@@ -284,6 +284,18 @@ def test_constant_image_gives_a_warning_and_an_empty_segmentation(echo):
     assert any("constant" in m for m in result.messages)
 
 
+def test_one_constant_input_among_several_warns_but_still_segments(echo):
+    images, labels = phantoms.mri_phantom(shape=(12, 24, 20))
+    zeros = images[1].with_array(np.zeros_like(images[1].array))
+    result = segment([echo_image(labels), zeros], echo["two_inputs"], device="cpu")
+    np.testing.assert_array_equal(result.image.array, labels.array)
+    assert len(result.messages) == 1
+    assert "Input 'input1' is constant" in result.messages[0] and "input0" not in result.messages[0]
+    both = segment([zeros, zeros], echo["two_inputs"], device="cpu")
+    assert not both.image.array.any()
+    assert any("Inputs 'input0', 'input1' are constant" in m and "empty" in m for m in both.messages)
+
+
 def test_bad_inputs_are_clear_errors(echo):
     _, labels = phantoms.ct_phantom(shape=(12, 20, 20))
     image = echo_image(_labels_up_to_3(labels))

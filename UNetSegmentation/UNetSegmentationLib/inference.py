@@ -112,12 +112,18 @@ def segment(
     package = load_model(model)
     check_inputs(inputs, package)
     constant = constant_inputs(inputs, package)
-    if constant:
+    if len(constant) == len(inputs):
         run.note(
-            f"Input {', '.join(constant)} is constant (every voxel has the same value): there is nothing to "
+            f"{_are_constant(constant)} (every voxel has the same value): there is nothing to "
             "segment, so the segmentation is empty. Check that the right image was selected."
         )
         return _finish(run, inputs[0], np.zeros(inputs[0].shape, dtype=np.uint8), package)
+    if constant:
+        # The other inputs still hold an image: segment, but say the model ran without part of its input.
+        run.note(
+            f"{_are_constant(constant)} (every voxel has the same value, e.g. all zero): the model segments "
+            "without it, so the result may be poor. Check that the right image was selected for it."
+        )
     options = postprocess_options(package, postprocess)
     settings = window_settings(package, device, tta, window_batch_size, crf=bool(options.pop("crf", False)))
     labels = _predict(inputs, package, settings, backend, run)
@@ -238,6 +244,11 @@ def constant_inputs(inputs: list[Image], package: ModelPackage) -> list[str]:
         for name, image in zip(package.input_names, inputs, strict=True)
         if image.array.size == 0 or image.array.min() == image.array.max()
     ]
+
+
+def _are_constant(names: list[str]) -> str:
+    quoted = ", ".join(f"'{name}'" for name in names)
+    return f"Input {quoted} is constant" if len(names) == 1 else f"Inputs {quoted} are constant"
 
 
 # ----------------------------------------------------------------------------------------------- preprocessing
