@@ -93,20 +93,26 @@ def test_export_of_a_missing_model_fails_cleanly(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_onnx_backend_runs_without_torch(exported):
+def test_onnx_backend_runs_without_torch(exported, tmp_path):
     script = textwrap.dedent(
         f"""
         import sys
         sys.modules["torch"] = sys.modules["monai"] = None  # as if not installed: importing them fails
-        from UNetSegmentationLib import phantoms
+        from UNetSegmentationLib import cli, phantoms
         from UNetSegmentationLib.inference import segment
         from UNetSegmentationLib.package import load_package
         image, _ = phantoms.ct_phantom(shape=(12, 24, 24))
-        result = segment(image, load_package({str(exported.path)!r}), device="cpu")
-        assert sys.modules["torch"] is None
+        options = {{"largest_component": True, "fill_holes": True, "min_island_mm3": 10.0}}
+        result = segment(image, load_package({str(exported.path)!r}), device="cpu", postprocess=options)
         print("messages:", result.messages)
+        import SimpleITK as sitk
+        sitk.WriteImage(image.to_sitk(), {str(tmp_path / "ct.nrrd")!r})
+        code = cli.main(["predict", "-i", {str(tmp_path / "ct.nrrd")!r}, "-m", {str(exported.path)!r},
+                         "-o", {str(tmp_path / "out.seg.nrrd")!r}, "--backend", "onnx", "--device", "cpu"])
+        assert code == 0 and sys.modules["torch"] is None
         """
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "PyTorch is not installed" in done.stdout
+    assert (tmp_path / "out.seg.nrrd").is_file()

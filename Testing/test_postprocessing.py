@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from UNetSegmentationLib import phantoms
+from UNetSegmentationLib import crf, phantoms
 from UNetSegmentationLib import postprocessing as post
 
 
@@ -112,7 +112,7 @@ def _toy_case(shape=(12, 16, 16), seed=0):
 def test_dense_crf_removes_isolated_noise_in_3d():
     labels, image, _, noisy = _toy_case()
     assert (noisy.argmax(0) != labels).sum() >= 15
-    refined = post.dense_crf(noisy, image, (2.0, 1.0, 1.0))
+    refined = crf.dense_crf(noisy, image, (2.0, 1.0, 1.0))
     assert refined.shape == noisy.shape
     torch.testing.assert_close(refined.sum(0), torch.ones(labels.shape))
     assert torch.equal(refined.argmax(0), labels)
@@ -120,12 +120,12 @@ def test_dense_crf_removes_isolated_noise_in_3d():
 
 def test_dense_crf_keeps_a_clean_segmentation():
     labels, image, clean, _ = _toy_case(seed=1)
-    assert torch.equal(post.dense_crf(clean, image, (2.0, 1.0, 1.0)).argmax(0), labels)
+    assert torch.equal(crf.dense_crf(clean, image, (2.0, 1.0, 1.0)).argmax(0), labels)
 
 
 def test_dense_crf_in_2d_and_through_postprocess():
     labels, image, _, noisy = _toy_case(shape=(1, 32, 32), seed=2)
-    refined = post.dense_crf(noisy[:, 0], image[0], (1.0, 1.0))
+    refined = crf.dense_crf(noisy[:, 0], image[0], (1.0, 1.0))
     assert torch.equal(refined.argmax(0), labels[0])
     out = post.postprocess(noisy.argmax(0).numpy().astype(np.uint8), (1.0, 1.0, 1.0), {"crf": True},
                            probabilities=noisy, image=image)
@@ -136,16 +136,16 @@ def test_dense_crf_in_2d_and_through_postprocess():
 def test_dense_crf_rejects_mismatched_inputs():
     _, image, clean, _ = _toy_case(shape=(6, 8, 8))
     with pytest.raises(ValueError, match="one spacing per spatial axis"):
-        post.dense_crf(clean, image[1:], (1.0, 1.0, 1.0))
+        crf.dense_crf(clean, image[1:], (1.0, 1.0, 1.0))
     with pytest.raises(ValueError, match="one spacing per spatial axis"):
-        post.dense_crf(clean, image, (1.0, 1.0))
+        crf.dense_crf(clean, image, (1.0, 1.0))
     with pytest.raises(ValueError, match="odd number"):
-        post.dense_crf(clean, image, (1.0, 1.0, 1.0), window=4)
+        crf.dense_crf(clean, image, (1.0, 1.0, 1.0), window=4)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_dense_crf_on_cuda_matches_cpu():
     labels, image, _, noisy = _toy_case(seed=3)
-    refined = post.dense_crf(noisy.cuda(), image.cuda(), (2.0, 1.0, 1.0))
+    refined = crf.dense_crf(noisy.cuda(), image.cuda(), (2.0, 1.0, 1.0))
     assert refined.is_cuda
     assert torch.equal(refined.argmax(0).cpu(), labels)

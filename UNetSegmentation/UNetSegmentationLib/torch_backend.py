@@ -170,7 +170,7 @@ def predict_labels(
 def refine_with_crf(scores: torch.Tensor, image: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
     """Class probabilities (C, z, y, x) refined by the dense CRF on the network grid (a slab of one 2D slice
     is refined in 2D), from the blended logits and the normalised first input channel."""
-    from .postprocessing import dense_crf
+    from .crf import dense_crf
 
     probabilities = torch.softmax(scores.float(), dim=0)
     if scores.shape[1] == 1:
