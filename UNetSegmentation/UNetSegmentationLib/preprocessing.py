@@ -285,8 +285,10 @@ def _normalize_ct(t: ArrayLike, params: dict) -> ArrayLike:
             f"CT normalisation needs {missing} in its parameters (from the dataset fingerprint, see "
             "ct_params_from_intensities)."
         )
-    clipped = t.clip(float(low), float(high))
-    return (clipped - float(params["mean"])) / max(float(params["std"]), _EPSILON)
+    out = t.clip(float(low), float(high))  # a new array: the in-place steps below leave `t` alone
+    out -= float(params["mean"])
+    out /= max(float(params["std"]), _EPSILON)
+    return out
 
 
 def _zscore(t: ArrayLike, mask: ArrayLike | None) -> ArrayLike:
