@@ -17,8 +17,15 @@ from UNetSegmentationLib.catalog import Catalog, normalize_modality, user_data_d
 from UNetSegmentationLib.cli import main
 from UNetSegmentationLib.package import ManifestError, PackageError, WeightsError
 
-MR_NETWORK = {"variant": "nnunet", "spatial_dims": 2, "in_channels": 2, "num_classes": 2,
-              "filters": [4, 8, 16], "kernel_size": [3, 3, 3], "strides": [1, 2, 2]}
+MR_NETWORK = {
+    "variant": "nnunet",
+    "spatial_dims": 2,
+    "in_channels": 2,
+    "num_classes": 2,
+    "filters": [4, 8, 16],
+    "kernel_size": [3, 3, 3],
+    "strides": [1, 2, 2],
+}
 
 
 def _mr_overrides() -> dict:
@@ -117,7 +124,13 @@ def test_get_by_name_or_path_and_unknown_names_list_what_exists(dirs, tmp_path):
 
 def test_modality_names_and_dicom_codes():
     assert [normalize_modality(m) for m in ("ct", "MR", "MRI", "XR", "X-ray", "CR", "DX")] == [
-        "CT", "MR", "MR", "XR", "XR", "XR", "XR"
+        "CT",
+        "MR",
+        "MR",
+        "XR",
+        "XR",
+        "XR",
+        "XR",
     ]
     with pytest.raises(ValueError, match="Unknown modality 'PET'"):
         normalize_modality("PET")
@@ -262,5 +275,7 @@ def test_listing_models_does_not_load_torch(dirs):
         f"assert len(Catalog({str(dirs[0])!r}, {str(dirs[1])!r}).models()) == 3; "
         "print(sorted(m for m in ('torch', 'monai', 'safetensors') if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", check=True
+    ).stdout
     assert out.strip() == "[]"

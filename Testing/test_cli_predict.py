@@ -158,7 +158,9 @@ def test_sigterm_mid_run_leaves_no_file(models, tmp_path):
     command = [sys.executable, "-m", "UNetSegmentationLib", "predict", "-i", str(tmp_path / "ct.nrrd"),
                "-m", str(models["echo"].path), "-o", str(out), "--device", "cpu", "--tta",
                "--progress", "json"]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", cwd=REPO
+    )
     try:
         for line in process.stdout:
             event = parse_progress_line(line)

@@ -49,7 +49,7 @@ def synthetic_run(tmp_path_factory):
     out, work = root / "out", root / "work"
     cmd = [sys.executable, str(BENCHMARKS / "compare_variants.py"), "--synthetic", "--variants", "unet", "nnunet",
            "--budget-min", "0.1", "--out-dir", str(out), "--work-dir", str(work)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", timeout=900, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, work, json.loads((out / variant_report.RESULTS).read_text(encoding="utf-8"))
 

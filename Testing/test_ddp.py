@@ -51,7 +51,7 @@ def test_two_gloo_processes_produce_the_single_process_package(mri_dataset, tmp_
                "-m", "UNetSegmentationLib", "train", str(mri_dataset), "--out", str(out), "--device", "cpu",
                "--cache-dir", str(tmp_path / "cache"), "--progress", "json", *_cli_args(ARGS)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    done = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", timeout=600, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     # Rank 0 alone logs: one result event, epoch events once.

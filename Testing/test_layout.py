@@ -84,8 +84,13 @@ def test_extension_cmake_metadata():
     assert re.search(r"project\(UNetSegmentation\)", text)
     for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
         assert cmake_set(text, f"EXTENSION_{key}"), f"EXTENSION_{key} is empty"
-    for line in ("find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})", "add_subdirectory(UNetSegmentation)",
-                 "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"):
+    for line in (
+        "find_package(Slicer REQUIRED)",
+        "include(${Slicer_USE_FILE})",
+        "add_subdirectory(UNetSegmentation)",
+        "include(${Slicer_EXTENSION_GENERATE_CONFIG})",
+        "include(${Slicer_EXTENSION_CPACK})",
+    ):
         assert line in text
     for key in ("ICONURL", "SCREENSHOTURLS"):  # raw URLs of files in this repository: the files must exist
         for url in cmake_set(text, f"EXTENSION_{key}").split():
@@ -134,7 +139,9 @@ def test_core_never_imports_qt_and_only_the_bridge_imports_slicer():
 
 def _modules_loaded_by(statement: str) -> set[str]:
     code = f"import sys; {statement}; print(','.join(sorted(m.split('.')[0] for m in sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", cwd=ROOT, check=True
+    )
     return set(out.stdout.strip().split(","))
 
 
@@ -168,7 +175,11 @@ def test_widget_uses_only_names_defined_in_ui_file():
 
 
 def test_unetseg_version_and_help():
-    out = subprocess.run([sys.executable, "-m", "UNetSegmentationLib", "--version"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "UNetSegmentationLib", "--version"], capture_output=True, text=True, encoding="utf-8"
+    )
     assert out.returncode == 0 and out.stdout.startswith("unetseg ")
-    out = subprocess.run([sys.executable, "-m", "UNetSegmentationLib", "--help"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "UNetSegmentationLib", "--help"], capture_output=True, text=True, encoding="utf-8"
+    )
     assert out.returncode == 0 and "usage: unetseg" in out.stdout

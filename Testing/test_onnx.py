@@ -112,7 +112,9 @@ def test_onnx_backend_runs_without_torch(exported, tmp_path):
         assert code == 0 and sys.modules["torch"] is None
         """
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, encoding="utf-8", cwd=REPO, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert "PyTorch is not installed" in done.stdout
     assert (tmp_path / "out.seg.nrrd").is_file()

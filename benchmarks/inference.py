@@ -175,7 +175,9 @@ def run_contender(name: str, command: list[str], log: Path) -> dict:
     The command runs under a small launcher process that reports its child's ``ru_maxrss``: a child forked
     straight from this (large) benchmark process would count this process's memory as its own peak.
     """
-    done = subprocess.run([sys.executable, __file__, "measure", str(log), *command], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, __file__, "measure", str(log), *command], capture_output=True, text=True, encoding="utf-8"
+    )
     if done.returncode != 0:
         tail = log.read_text(encoding="utf-8")[-2000:]
         raise RuntimeError(f"{name} failed; see {log}:\n{tail}")
@@ -273,15 +275,21 @@ def memory_check(work: Path) -> None:
         make_model(model, labels, filters=[8, 16, 32, 64, 80, 80])
     run = run_contender("unetseg (torch)", predict_command(image, model, work / "out_large.nii.gz", "torch"),
                         work / "large.log")  # fmt: skip
-    print(f"\nMemory check: CT {LARGE_PHANTOM['shape'][::-1]} voxels, 10-class model, {our_windows(image, model)} "
-          f"windows: wall {run['wall_s']:.1f} s, peak RSS {run['peak_rss_gib']:.2f} GiB (target < 4 GiB)")
+    print(
+        f"\nMemory check: CT {LARGE_PHANTOM['shape'][::-1]} voxels, 10-class model, {our_windows(image, model)} "
+        f"windows: wall {run['wall_s']:.1f} s, peak RSS {run['peak_rss_gib']:.2f} GiB (target < 4 GiB)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=None, help="folder for inputs and outputs (default: temp)")
-    parser.add_argument("--model", type=Path, default=None,
-                        help="compare with this trained CT model package only (default: the two built-in ones)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="compare with this trained CT model package only (default: the two built-in ones)",
+    )
     parser.add_argument("--train-steps", type=int, default=120, help="training steps of the small model")
     parser.add_argument("--skip-memory", action="store_true", help="skip the 512×512×400 memory check")
     args = parser.parse_args(argv)
@@ -290,12 +298,16 @@ def main(argv: list[str] | None = None) -> int:
     image = work / "ct_256x256x200.nii"
     if not image.exists():
         write_phantom(image, PHANTOM["shape"], PHANTOM["spacing"])
-    print(f"CT phantom {PHANTOM['shape'][::-1]} voxels at {PHANTOM['spacing']} mm, target {TARGET_SPACING} mm, "
-          f"patch {PATCH} (z, y, x), {os.cpu_count()} CPU cores; whole commands, each in its own process")
+    print(
+        f"CT phantom {PHANTOM['shape'][::-1]} voxels at {PHANTOM['spacing']} mm, target {TARGET_SPACING} mm, "
+        f"patch {PATCH} (z, y, x), {os.cpu_count()} CPU cores; whole commands, each in its own process"
+    )
     models = [args.model] if args.model else []
     if not models:
-        for name, filters, steps in (("bench-nnunet-random", None, 0),
-                                     ("bench-small-trained", [8, 16, 32, 64, 80, 80], args.train_steps)):
+        for name, filters, steps in (
+            ("bench-nnunet-random", None, 0),
+            ("bench-small-trained", [8, 16, 32, 64, 80, 80], args.train_steps),
+        ):
             if not (work / name / "model.json").exists():
                 make_model(work / name, CT_LABELS, filters, steps)
             models.append(work / name)
