@@ -235,6 +235,11 @@ def setting_markdown(key: str, section: dict) -> list[str]:
     else:
         lines.append("One seed per variant: the seed-to-seed spread was not measured for this setting.")
     lines += ["", "What the numbers support:", ""] + [f"- {text}" for text in section["ranking"]]
+    iterations = {v: s["iterations"]["mean"] for v, s in section["summary"].items()}
+    if iterations and max(iterations.values()) > 1.5 * min(iterations.values()):
+        lines.append(f"- Caution: the same wall-clock budget bought unequal training here (iterations "
+                     f"{', '.join(f'{v} {n:.0f}' for v, n in iterations.items())}), so a difference may come from "
+                     "compute received on the shared machine rather than from the architecture.")
     lines += ["", "Published figures for this kind of task (other data, full budgets, for orientation only): "
               + "; ".join(section["anchors"]) + "."]
     return [*lines, ""]
