@@ -80,6 +80,14 @@ class Image:
             and np.allclose(self.direction, other.direction, atol=tolerance)
         )
 
+    def grid_text(self) -> str:
+        """The grid in words (size, spacing, origin, direction), for error messages."""
+        return (
+            f"size {self.size}, spacing {tuple(round(s, 4) for s in self.spacing)}, "
+            f"origin {tuple(round(o, 3) for o in self.origin)}, "
+            f"direction {tuple(round(d, 4) for d in self.direction)}"
+        )
+
     def with_array(self, array: np.ndarray) -> Image:
         """A new image with the same geometry and another array of the same shape."""
         if array.shape[-3:] != self.shape and array.shape != self.shape[1:]:
@@ -118,6 +126,27 @@ class Image:
                 "one channel of a 4D image first."
             )
         return cls(sitk.GetArrayFromImage(img), img.GetSpacing(), img.GetOrigin(), img.GetDirection())
+
+
+def check_same_grid(images: list[Image], names: list[str]) -> None:
+    """Raise ValueError naming the first image (by `names`) whose grid differs from the first one's."""
+    for name, image in zip(names[1:], images[1:], strict=True):
+        if not image.same_grid(images[0]):
+            raise ValueError(
+                f"{name} is not on the same grid as {names[0]} ({image.grid_text()} versus "
+                f"{images[0].grid_text()}). Resample it onto the first image's grid first (for example with "
+                "Slicer's 'Resample Image (BRAINS)' module)."
+            )
+
+
+def check_finite(array: np.ndarray, name: str) -> None:
+    """Raise ValueError when a float array holds NaN or infinite voxels; `name` says which image."""
+    # A float64 sum is finite exactly when every voxel is, and needs no full-size temporary array.
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(np.sum(array, dtype=np.float64)):
+        raise ValueError(
+            f"{name} has {np.count_nonzero(~np.isfinite(array))} NaN or infinite voxels. Replace them "
+            "(for example by the background value) before segmenting."
+        )
 
 
 @dataclass(frozen=True)

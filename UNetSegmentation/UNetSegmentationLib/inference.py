@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .image import Image, LabelImage
+from .image import Image, LabelImage, check_finite, check_same_grid
 from .windows import DEFAULT_OVERLAP, WindowSettings, count_windows
 
 if TYPE_CHECKING:
@@ -212,18 +212,10 @@ def check_inputs(inputs: list[Image], package: ModelPackage) -> None:
             f"Model '{package.manifest['name']}' reads {len(names)} image(s) ({', '.join(names)}), in this order; "
             f"got {len(inputs)}. Give one image per input."
         )
-    for name, image in zip(names[1:], inputs[1:], strict=True):
-        if not image.same_grid(inputs[0]):
-            raise ValueError(
-                f"Input '{name}' is not on the same grid as input '{names[0]}' (size {image.size} versus "
-                f"{inputs[0].size}, or different spacing, origin or direction). Resample it onto the first "
-                "input's grid first."
-            )
-    for name, image in zip(names, inputs, strict=True):
-        if np.issubdtype(image.array.dtype, np.floating) and not np.all(np.isfinite(image.array)):
-            raise ValueError(
-                f"Input '{name}' has NaN or infinite voxels. Replace them (e.g. by the background value) first."
-            )
+    labels = [f"Input '{name}'" for name in names]
+    check_same_grid(inputs, labels)
+    for label, image in zip(labels, inputs, strict=True):
+        check_finite(image.array, label)
     dims = int(package.manifest["spatial_dims"])
     if dims == 3 and inputs[0].is_single_slice:
         raise ValueError(

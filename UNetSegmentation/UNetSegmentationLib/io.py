@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .image import Image, Label, LabelImage
+from .image import Image, Label, LabelImage, check_finite, check_same_grid
 
 PathLike = str | os.PathLike
 
@@ -43,7 +43,7 @@ def read_image(path: PathLike, series_uid: str | None = None) -> Image:
         raise FileNotFoundError(f"Image not found: {path}. Give an image file or a DICOM series folder.")
     img = _read_dicom_series(path, series_uid) if path.is_dir() else _read_file(path)
     image = Image.from_sitk(_scalar_3d(img, path))
-    _check_finite(image.array, path)
+    check_finite(image.array, f"Image {path}")
     return image
 
 
@@ -52,22 +52,8 @@ def read_images(paths: Sequence[PathLike]) -> list[Image]:
     if not paths:
         raise ValueError("No input images given.")
     images = [read_image(p) for p in paths]
-    for p, image in zip(paths[1:], images[1:], strict=True):
-        if not image.same_grid(images[0]):
-            raise ValueError(
-                f"Image {p} is not on the same grid as {paths[0]} ({_grid_text(image)} versus "
-                f"{_grid_text(images[0])}). Resample it onto the first image's grid first (for example with "
-                "Slicer's 'Resample Image (BRAINS)' module)."
-            )
+    check_same_grid(images, [f"Image {p}" for p in paths])
     return images
-
-
-def _grid_text(image: Image) -> str:
-    return (
-        f"size {image.size}, spacing {tuple(round(s, 4) for s in image.spacing)}, "
-        f"origin {tuple(round(o, 3) for o in image.origin)}, "
-        f"direction {tuple(round(d, 4) for d in image.direction)}"
-    )
 
 
 def _read_file(path: Path) -> sitk.Image:
@@ -123,15 +109,6 @@ def _scalar_3d(img: sitk.Image, path: Path) -> sitk.Image:
             )
         img = channels[0]
     return img
-
-
-def _check_finite(array: np.ndarray, path: Path) -> None:
-    # A float64 sum is finite exactly when every voxel is, and needs no full-size temporary array.
-    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(np.sum(array, dtype=np.float64)):
-        raise ValueError(
-            f"Image {path} has {np.count_nonzero(~np.isfinite(array))} NaN or infinite voxels. Replace them "
-            "(for example by the background value) before segmenting."
-        )
 
 
 def read_label_image(path: PathLike) -> LabelImage:
