@@ -110,7 +110,11 @@ def test_runs_record_budget_iterations_and_memory(synthetic_run):
     for run in results["settings"]["synthetic_3d"]["runs"]:
         assert run["iterations"] >= 1 and run["parameters"] > 0 and run["peak_rss_mb"] > 0
         assert run["inference_s_per_case"] > 0 and any(e["stage"] == "epoch" for e in run["curve"])
-    assert results["options"]["budget_min"] == 0.1 and results["synthetic"] is True
+    provenance = results["settings"]["synthetic_3d"]["provenance"]
+    assert provenance["options"]["budget_min"] == 0.1 and results["synthetic"] is True
+    assert provenance["command"].startswith("python benchmarks/compare_variants.py --synthetic")
+    assert "--out-dir" not in provenance["command"] and "--work-dir" not in provenance["command"]
+    assert provenance["hardware"]["cores"] >= 1 and provenance["hardware"]["gpu"] is None
 
 
 @pytest.mark.slow
@@ -122,13 +126,36 @@ def test_report_only_redraws_the_same_report(synthetic_run, tmp_path):
     assert _is_png(tmp_path / variant_report.CURVES_PLOT)
 
 
+@pytest.mark.slow
+def test_report_only_merges_settings_run_separately(synthetic_run, tmp_path):
+    """Settings run by separate invocations (e.g. one GPU lease each) merge into one report, each with its own
+    provenance; a setting given twice, or synthetic mixed with real results, is refused."""
+    _, _, results = synthetic_run
+    parts = []
+    for key, section in results["settings"].items():
+        section = {**section, "provenance": {**section["provenance"], "command": f"python run-{key}"}}
+        path = tmp_path / f"{key}.json"
+        path.write_text(json.dumps({**results, "settings": {key: section}}), encoding="utf-8")
+        parts.append(path)
+    assert compare_variants.main(["--report-only", *map(str, parts), "--out-dir", str(tmp_path / "merged")]) == 0
+    merged = (tmp_path / "merged" / variant_report.MARKDOWN).read_text(encoding="utf-8")
+    assert set(_tables(merged)) == {"synthetic_3d", "synthetic_2d"}
+    assert "python run-synthetic_3d\npython run-synthetic_2d" in merged
+    assert merged.count("command `python run-") == 2  # each setting names the command that made it
+    assert compare_variants.main(["--report-only", str(parts[0]), str(parts[0]), "--out-dir", str(tmp_path)]) == 2
+    real = json.loads(parts[1].read_text(encoding="utf-8")) | {"synthetic": False}
+    parts[1].write_text(json.dumps(real), encoding="utf-8")
+    with pytest.raises(ValueError, match="synthetic and real"):
+        variant_report.merge_documents([(str(p), json.loads(p.read_text(encoding="utf-8"))) for p in parts])
+
+
 def _args(*extra: str) -> argparse.Namespace:
     return compare_variants.parse_args(["--synthetic", *extra])
 
 
 def test_jobs_differ_only_in_variant_and_width(tmp_path):
     """Same data, plan, budget, seeds and options for every variant; V-Net only in 3D; equal base features."""
-    args = _args("--seeds", "0", "1", "--budget-min", "2")
+    args = _args("--seeds", "0", "1", "--budget-min", "2", "--workers", "3")
     for setting in (variant_settings.synthetic_3d(1, 1), variant_settings.synthetic_2d(1, 1)):
         jobs = compare_variants.jobs_for(setting, tmp_path / "ds", tmp_path / "plans.json", tmp_path, args)
         variants = {job.variant for job in jobs}
@@ -137,6 +164,7 @@ def test_jobs_differ_only_in_variant_and_width(tmp_path):
         assert len(jobs) == 2 * len(variants)
         shared = [{k: v for k, v in job.train_options.items() if k not in ("width", "name")} for job in jobs]
         assert all(s == shared[0] for s in shared)
+        assert shared[0]["num_workers"] == 3
         assert {(job.dataset, job.plans, job.budget_min, tuple(job.eval_cases)) for job in jobs} == {
             (str(tmp_path / "ds"), str(tmp_path / "plans.json"), 2.0, (setting.evaluate[0].name,))}
         for job in jobs:

@@ -318,3 +318,16 @@ def test_bad_inputs_are_clear_errors(echo):
         if torch.cuda.is_available():
             pytest.skip("a CUDA GPU is present")
         segment(image, echo["exact"], device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("model", ["exact", "resampled", "2d"])
+def test_cuda_with_mixed_precision_gives_the_cpu_labels(echo, model):
+    """The GPU path (fp16 autocast, windows batched on the device) returns the CPU's label map."""
+    if model == "2d":
+        _, labels = phantoms.xray_phantom(shape=(70, 52))
+    else:
+        labels = _labels_up_to_3(phantoms.ct_phantom(shape=(20, 36, 30))[1])
+    cpu = segment(echo_image(labels), echo[model], device="cpu")
+    gpu = segment(echo_image(labels), echo[model], device="cuda")
+    np.testing.assert_array_equal(gpu.image.array, cpu.image.array)

@@ -262,3 +262,16 @@ def test_bad_options_are_clear_errors(xray_dataset, tmp_path):
     with pytest.raises(FileNotFoundError, match="--resume"):
         train(xray_dataset, tmp_path / "x", resume=True)
 
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_training_with_mixed_precision_learns_the_phantoms(xray_dataset, cache, tmp_path):
+    """The CUDA path end to end: fp16 autocast with a gradient scaler, pinned batches from worker processes,
+    validation on the GPU, and a package the predictor runs on the GPU."""
+    package = train(xray_dataset, tmp_path / "cuda", epochs=6, iterations_per_epoch=25, width=0.5, device="cuda",
+                    seed=0, cache_dir=cache, num_workers=2)
+    assert package.provenance["metrics"]["dice_right lung"] > 0.9
+    image, label = xray_phantom(XRAY_SHAPE, XRAY_SPACING, seed=11)
+    result = segment(image, package, device="cuda")
+    for lab in XRAY_LABELS:
+        assert dice(result.image.array == lab.value, label.array == lab.value) > 0.9

@@ -13,10 +13,11 @@ from UNetSegmentationLib import catalog, cli, variant_figures
 def _results(synthetic: bool = False) -> dict:
     dice = {"membrane": {"mean": 0.8123, "std": 0.0211, "n": 5, "excluded": 0}}
     return {
-        "format": variant_figures.FORMAT, "synthetic": synthetic, "generated": "2026-11-25 23:50 UTC",
-        "options": {"budget_min": 3.0}, "hardware": {"gpu": None},
+        "format": variant_figures.FORMAT, "synthetic": synthetic, "generated": "2026-11-26 02:10 UTC",
         "settings": {"isbi": {"title": "ISBI 2012 EM membranes (2D)", "regions": {"membrane": [1]},
-                              "summary": {"unet": {"parameters": 1_948_146, "dice": dice}}}},
+                              "summary": {"unet": {"parameters": 1_948_146, "dice": dice}},
+                              "provenance": {"generated": "2026-11-25 23:50 UTC", "options": {"budget_min": 3.0},
+                                             "hardware": {"gpu": "NVIDIA H100 80GB HBM3"}}}},
     }
 
 
@@ -29,8 +30,8 @@ def results_file(tmp_path):
 
 def test_summary_names_setting_dice_budget_and_size(results_file):
     line = variant_figures.variant_summary("unet", results_file)
-    assert "ISBI 2012 EM membranes (2D): membrane Dice 0.81 ± 0.02 (n=5, 1.9 M parameters)" in line
-    assert "3 min of training on CPU (2026-11-25)" in line
+    assert line.startswith("unet measured: ISBI 2012 EM membranes (2D): membrane Dice 0.81 ± 0.02 (n=5, 1.9 M "
+                           "parameters; 3 min of training on NVIDIA H100 80GB HBM3, 2026-11-25)")
 
 
 def test_no_summary_for_unmeasured_variants_missing_or_synthetic_results(tmp_path, results_file):
@@ -48,6 +49,6 @@ def test_models_details_shows_the_measured_figures(tmp_path, results_file, monke
     monkeypatch.setattr(catalog, "bundled_models_dir", lambda: tmp_path / "bundled")
     monkeypatch.setattr(variant_figures, "SHIPPED", results_file)
     assert cli.main(["models", "--details"]) == 0
-    assert "unet measured with 3 min of training" in capsys.readouterr().out
+    assert "unet measured: ISBI 2012 EM membranes" in capsys.readouterr().out
     assert cli.main(["models"]) == 0
     assert "measured" not in capsys.readouterr().out

@@ -13,9 +13,14 @@ Writes ``variants.md`` (the table beside the literature's figures, the hardware,
     python benchmarks/compare_variants.py [--settings brats isbi] [--budget-min 2.5] [--seeds 0 1]
     python benchmarks/compare_variants.py --synthetic --budget-min 0.08 --out-dir /tmp/variants
     python benchmarks/compare_variants.py --report-only docs/variants.json   # redraw the report, no training
+    python benchmarks/compare_variants.py --report-only isbi/variants.json brats/variants.json  # merge runs
+
+Each setting's results carry their own command, options and hardware, so settings can run as separate
+invocations (on different machines, e.g. one GPU lease each) and be merged into one report with ``--report-only``.
 
 Each run happens in its own process, one at a time, so its peak memory is its own and runs do not compete for
-the CPU. Exit status: 0 done; 2 the shared data is missing (use ``--synthetic``).
+the CPU. Exit status: 0 done; 2 the shared data is missing (use ``--synthetic``) or the
+``--report-only`` files cannot be read or merged.
 """
 
 from __future__ import annotations
@@ -64,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iterations-per-epoch", type=int, help="iterations per epoch (default: the setting's)")
     p.add_argument("--val-every", type=int, help="validate every N epochs (default: the setting's)")
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--workers", type=int, default=0,
+                   help="data-loading worker processes per run (a GPU needs several to stay busy)")
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
     p.add_argument("--out-dir", type=Path, default=REPO_ROOT / "docs", help="where variants.md/.json and plots go")
     p.add_argument("--work-dir", type=Path, help="keep datasets, models and predictions here (default: a temp dir)")
@@ -73,8 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="with --resume: report only the runs already finished, train nothing (the report lists "
                         "the runs that are missing)")
     p.add_argument("--no-ship", action="store_true", help="do not copy variants.json into the module's Resources")
-    p.add_argument("--report-only", type=Path, metavar="JSON",
-                   help="rewrite the report and plots from an earlier run's variants.json (no training)")
+    p.add_argument("--report-only", type=Path, nargs="+", metavar="JSON",
+                   help="rewrite the report and plots from earlier runs' variants.json files (no training); "
+                        "several files, one per setting, are merged into one report")
     args = p.parse_args(argv)
     known = variant_settings.SYNTHETIC_SETTINGS if args.synthetic else variant_settings.REAL_SETTINGS
     args.settings = args.settings or list(known)
@@ -128,6 +136,8 @@ def jobs_for(setting: variant_settings.Setting, dataset: Path, plans: Path, fold
               "val_every": args.val_every or setting.val_every}
     if args.batch_size:
         shared["batch_size"] = args.batch_size
+    if args.workers:
+        shared["num_workers"] = args.workers
     return [
         variant_runs.Job(
             setting=setting.key, variant=v, seed=seed, dataset=str(dataset), plans=str(plans),
@@ -204,10 +214,20 @@ def run_setting(key: str, work: Path, args: argparse.Namespace) -> dict:
     return variant_report.setting_section(setting, plans, schedule, runs, missing)
 
 
+NO_EFFECT_FLAGS = {"--resume": 0, "--records-only": 0, "--no-ship": 0, "--out-dir": 1, "--work-dir": 1}
+
+
 def command_line(argv: list[str] | None) -> str:
-    """The command that reproduces this run."""
-    args = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--resume", "--records-only")]
-    return shlex.join(["python", "benchmarks/compare_variants.py", *args])
+    """The command that reproduces this run's numbers (without the options that only say where files go)."""
+    args, kept = list(sys.argv[1:] if argv is None else argv), []
+    while args:
+        arg = args.pop(0)
+        name = arg.split("=", 1)[0]
+        if name in NO_EFFECT_FLAGS:
+            del args[:NO_EFFECT_FLAGS[name] if "=" not in arg else 0]
+        else:
+            kept.append(arg)
+    return shlex.join(["python", "benchmarks/compare_variants.py", *kept])
 
 
 def run_all(args: argparse.Namespace, argv: list[str] | None) -> dict:
@@ -226,8 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run every setting, then write the report, the results file, the plots (and the shipped copy)."""
     args = parse_args(argv)
     if args.report_only:
-        results = json.loads(args.report_only.read_text(encoding="utf-8"))
-        results["settings"] = {k: variant_report.analyse(v) for k, v in results["settings"].items()}
+        try:
+            results = variant_report.merge_documents(
+                [(str(path), json.loads(path.read_text(encoding="utf-8"))) for path in args.report_only])
+        except (OSError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     else:
         try:
             results = run_all(args, argv)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT = "unetseg-variants/1"
+FORMAT = "unetseg-variants/2"  # /2: provenance per setting
 MARKDOWN, RESULTS = "variants.md", "variants.json"
 DICE_PLOT, CURVES_PLOT = "variants_dice_vs_params.png", "variants_training_curves.png"
 NOISE_SE = 2.0  # differences within this many combined standard errors (or the seed spread) are noise
@@ -167,17 +167,43 @@ def hardware(device: str) -> dict:
     return info
 
 
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def results_document(sections: dict[str, dict], options: dict, command: str) -> dict:
-    """The whole results file: when, how (command, options, hardware) and every setting's section."""
+    """The whole results file. Each setting's section carries its own provenance (command, options, hardware,
+    date), so settings run in separate invocations — on different machines — can be merged into one report."""
+    provenance = {
+        "generated": _now(), "command": command, "hardware": hardware(options["device"]),
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()},
+    }
     return {
         "format": FORMAT,
-        "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": command,
+        "generated": provenance["generated"],
         "synthetic": bool(options["synthetic"]),
-        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()},
-        "hardware": hardware(options["device"]),
-        "settings": sections,
+        "settings": {key: {**section, "provenance": provenance} for key, section in sections.items()},
     }
+
+
+def merge_documents(documents: list[tuple[str, dict]]) -> dict:
+    """One results document from several (name, document) pairs, each setting kept with its own provenance.
+    A setting in two documents, or synthetic mixed with real results, is refused: the report would be ambiguous."""
+    settings: dict[str, dict] = {}
+    origin: dict[str, str] = {}
+    synthetic = {bool(doc["synthetic"]) for _, doc in documents}
+    if len(synthetic) > 1:
+        raise ValueError("cannot merge synthetic and real results into one report; pass one kind.")
+    for name, doc in documents:
+        if doc.get("format") != FORMAT:
+            raise ValueError(f"{name} is in format {doc.get('format')!r}, not {FORMAT!r}: rerun the comparison "
+                             "that wrote it.")
+        for key, section in doc["settings"].items():
+            if key in settings:
+                raise ValueError(f"setting {key!r} is in both {origin[key]} and {name}; pass only one of them.")
+            settings[key], origin[key] = analyse(section), name
+    generated = max(s["provenance"]["generated"] for s in settings.values())
+    return {"format": FORMAT, "generated": generated, "synthetic": synthetic.pop(), "settings": settings}
 
 
 # ---------------------------------------------------------------------------------------------- Markdown
@@ -203,6 +229,7 @@ def setting_markdown(key: str, section: dict) -> list[str]:
         head.append(f"{section['pixel_error_region']} pixel error")
     lines = [
         f"## {section['title']} (`{key}`)", "",
+        run_line(section["provenance"]),
         f"- Data: {section['source']}.",
         f"- Preparation: {section['preparation']}",
         f"- Training cases: {', '.join(section['train_cases'])}; evaluation cases: {', '.join(section['eval_cases'])}.",
@@ -237,33 +264,47 @@ def setting_markdown(key: str, section: dict) -> list[str]:
     lines += ["", "What the numbers support:", ""] + [f"- {text}" for text in section["ranking"]]
     iterations = {v: s["iterations"]["mean"] for v, s in section["summary"].items()}
     if iterations and max(iterations.values()) > 1.5 * min(iterations.values()):
-        lines.append(f"- Caution: the same wall-clock budget bought unequal training here (iterations "
-                     f"{', '.join(f'{v} {n:.0f}' for v, n in iterations.items())}), so a difference may come from "
-                     "compute received on the shared machine rather than from the architecture.")
+        lines.append(f"- The same wall-clock budget bought unequal training (iterations "
+                     f"{', '.join(f'{v} {n:.0f}' for v, n in iterations.items())}): a network that is slower per "
+                     "step gets fewer updates, which this comparison counts against it (on a shared machine, load "
+                     "may add to the difference).")
     lines += ["", "Published figures for this kind of task (other data, full budgets, for orientation only): "
               + "; ".join(section["anchors"]) + "."]
     return [*lines, ""]
 
 
+def run_line(provenance: dict) -> str:
+    """Where, how long and by which command a setting was run (one Markdown bullet)."""
+    hw, opts = provenance["hardware"], provenance["options"]
+    device = f"GPU {hw['gpu']}" if hw["gpu"] else f"CPU ({hw['device']})"
+    memory = f", {hw['memory_gb']} GB RAM" if hw.get("memory_gb") else ""
+    return (f"- Run: **{opts['budget_min']:g} min wall clock of training per run** on {device}; host {hw['cpu']}, "
+            f"{hw['cores']} cores{memory}; torch {hw['torch']}, Python {hw['python']}; "
+            f"{opts.get('workers') or 0} data-loading workers; {provenance['generated']}; "
+            f"command `{provenance['command']}`.")
+
+
 def markdown(results: dict) -> str:
     """The whole report."""
-    opts, hw = results["options"], results["hardware"]
-    device = hw["gpu"] or f"CPU ({hw['device']})"
+    provenances = [s["provenance"] for s in results["settings"].values()]
+    commands = list(dict.fromkeys(p["command"] for p in provenances))
+    base_features = sorted({p["options"]["base_features"] for p in provenances})
     lines = [
         "# The U-Net variants, measured", "",
         f"Generated by `benchmarks/compare_variants.py` on {results['generated']} — do not edit by hand. "
-        "Reproduce every number with:", "", "```", results["command"], "```", "",
+        "Reproduce every number with" + (" (one invocation per setting; `--report-only` with their "
+                                         "variants.json files merges them into this report)" if len(commands) > 1
+                                         else "") + ":",
+        "", "```", *commands, "```", "",
         "## Setup", "",
-        f"- Hardware: {hw['cpu']}, {hw['cores']} cores" + (f", {hw['memory_gb']} GB RAM" if hw.get("memory_gb") else "")
-        + f"; trained and evaluated on {device}; torch {hw['torch']}, Python {hw['python']}.",
-        f"- Budget: **{opts['budget_min']:g} min wall clock of training per run** (the trainer's loop, with its "
-        "validation; preprocessing excluded), the same for every variant. The machine may be shared (other "
-        "jobs; settings run as parallel invocations), so a budget buys a varying number of iterations: the "
-        "iterations and CPU-seconds columns say what each run got.",
+        "- Budget: the same wall clock of training for every variant of a setting (the trainer's loop with its "
+        "validation; preprocessing excluded; the figure and the hardware are given per setting below). A faster "
+        "network gets more iterations in the same time — that is part of what an equal-time comparison measures; "
+        "the iterations and CPU-seconds columns say what each run got.",
         "- Same for every variant: the data split, the plan (spacing, normalisation, patch size where the "
         "network's stride allows, batch size), the trainer's augmentation (nnU-Net's), Dice + cross-entropy, SGD "
         "with Nesterov momentum and poly decay over the budget, foreground oversampling, and "
-        f"**{opts['base_features']} features at full "
+        f"**{' / '.join(map(str, base_features))} features at full "
         "resolution** (width = that over the paper's first level: 64 for U-Net / U-Net++ / Attention U-Net, 16 "
         "for V-Net, nnU-Net's planned 32; nnU-Net keeps its planned stages, kernels and strides). Deep "
         "supervision where the trainer uses it by default (unet, nnunet).",
@@ -282,15 +323,19 @@ def markdown(results: dict) -> str:
     lines += ["## The seed chapter's table, with sources", "",
               "| variant | typical Dice quoted | sourced figure |", "|---|---|---|"]
     lines += [f"| {v} | {quoted} | {source} |" for v, (quoted, source) in LITERATURE.items()]
-    lines += ["", "These come from full training on other datasets with GPUs; the measured rows above come from "
-              "minutes of CPU training on a few cases, so they show how the variants compare under a small, equal "
-              "budget — not what each can reach.", "",
+    lines += ["", "These come from full training (hours to days on GPUs) on other, larger datasets; the measured "
+              "rows above come from minutes of training on a few cases, so they show how the variants compare "
+              "under a small, equal budget — not what each can reach.", "",
               "## Plots", "", f"![Dice versus parameters]({DICE_PLOT})", "",
               f"![Training curves]({CURVES_PLOT})", ""]
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------- plots
+
+
+def _device_name(provenance: dict) -> str:
+    return provenance["hardware"]["gpu"] or "CPU"
 
 
 def _colours(variants: list[str]) -> dict[str, tuple]:
@@ -321,12 +366,13 @@ def plot_dice_vs_params(results: dict, path: Path) -> Path:
                     continue
                 ax.errorbar(s["parameters"], d["mean"], yerr=d["std"], fmt=markers[i % len(markers)],
                             color=colours[variant], capsize=3, label=f"{variant} · {region}")
+        budget = section["provenance"]["options"]["budget_min"]
         ax.set(xscale="log", xlabel="parameters", ylabel="Dice (mean ± std over cases)", ylim=(0, 1.02),
-               title=section["title"])
+               title=f"{section['title']}\n{budget:g} min per run on {_device_name(section['provenance'])}")
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, loc="best")
-    fig.suptitle(f"Dice versus parameter count ({results['options']['budget_min']:g} min budget per run)")
+    fig.suptitle("Dice versus parameter count (same training budget for every variant of a setting)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-FORMAT = "unetseg-variants/1"
+FORMAT = "unetseg-variants/2"  # written by benchmarks/variant_report.py
 SHIPPED = Path(__file__).resolve().parents[1] / "Resources" / "variants.json"
 IN_REPOSITORY = Path(__file__).resolve().parents[2] / "docs" / "variants.json"
 
@@ -46,14 +46,14 @@ def variant_summary(variant: str, path: str | Path | None = None) -> str | None:
         region = next(iter(section["regions"]))
         dice = summary["dice"][region]
         if dice["mean"] is not None:
+            run = section["provenance"]
             parts.append(f"{section['title']}: {region} Dice {dice['mean']:.2f} ± {dice['std']:.2f} "
-                         f"(n={dice['n']}, {summary['parameters'] / 1e6:.1f} M parameters)")
+                         f"(n={dice['n']}, {summary['parameters'] / 1e6:.1f} M parameters; "
+                         f"{run['options']['budget_min']:g} min of training on {run['hardware'].get('gpu') or 'CPU'}, "
+                         f"{run['generated'][:10]})")
     if not parts:
         return None
-    budget = doc["options"]["budget_min"]
-    device = doc["hardware"].get("gpu") or "CPU"
-    return (f"{variant} measured with {budget:g} min of training on {device} ({doc['generated'][:10]}): "
-            + "; ".join(parts) + ". See docs/variants.md.")
+    return f"{variant} measured: " + "; ".join(parts) + ". See docs/variants.md."
 
 
 def figures_listing(variants: Iterable[str], path: str | Path | None = None) -> str:
