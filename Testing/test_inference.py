@@ -323,11 +323,23 @@ def test_bad_inputs_are_clear_errors(echo):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("model", ["exact", "resampled", "2d"])
 def test_cuda_with_mixed_precision_gives_the_cpu_labels(echo, model):
-    """The GPU path (fp16 autocast, windows batched on the device) returns the CPU's label map."""
+    """The GPU path (fp16 autocast, windows batched on the device) returns the CPU's label map; where the model
+    resamples, fp16-rounded logits interpolated back to the input grid may flip near-ties, on label borders only
+    (seen on an H200: 8 of 21 600 voxels)."""
     if model == "2d":
         _, labels = phantoms.xray_phantom(shape=(70, 52))
     else:
         labels = _labels_up_to_3(phantoms.ct_phantom(shape=(20, 36, 30))[1])
     cpu = segment(echo_image(labels), echo[model], device="cpu")
     gpu = segment(echo_image(labels), echo[model], device="cuda")
-    np.testing.assert_array_equal(gpu.image.array, cpu.image.array)
+    differ = gpu.image.array != cpu.image.array
+    if model != "resampled":
+        assert not differ.any()
+    assert differ.mean() < 1e-3
+    ref = cpu.image.array
+    border = np.zeros_like(differ)
+    for axis in range(ref.ndim):
+        step = np.diff(ref, axis=axis) != 0
+        border |= np.pad(step, [(0, 1) if a == axis else (0, 0) for a in range(ref.ndim)])
+        border |= np.pad(step, [(1, 0) if a == axis else (0, 0) for a in range(ref.ndim)])
+    assert not (differ & ~border).any()
