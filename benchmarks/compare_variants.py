@@ -114,11 +114,15 @@ def write_folders(setting: variant_settings.Setting, folder: Path, args: argpars
     from UNetSegmentationLib.datasets import write_nnunet_dataset
     from UNetSegmentationLib.planning import compute_fingerprint, plan_experiment, save_plans
 
-    if args.resume and (folder / "plans.json").is_file():
+    saved_plans = args.resume and (folder / "plans.json").is_file()
+    if saved_plans and (folder / "dataset" / "dataset.json").is_file():
         return folder / "dataset", folder / "plans.json"
     cases = setting.train + setting.evaluate
+    shutil.rmtree(folder / "dataset", ignore_errors=True)
     dataset = write_nnunet_dataset(folder / "dataset", [(c.images, c.label) for c in cases], setting.channel_names,
                                    setting.labels, names=[c.name for c in cases])
+    if saved_plans:  # resuming on another machine with the runs and plans copied over: the data are rewritten
+        return folder / "dataset", folder / "plans.json"
     train_names = {c.name for c in setting.train}
     train_only = dataclasses.replace(dataset, cases=[c for c in dataset.cases if c.name in train_names])
     fingerprint = compute_fingerprint(train_only)
