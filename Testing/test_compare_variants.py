@@ -137,11 +137,15 @@ def test_report_only_merges_settings_run_separately(synthetic_run, tmp_path):
         path = tmp_path / f"{key}.json"
         path.write_text(json.dumps({**results, "settings": {key: section}}), encoding="utf-8")
         parts.append(path)
-    assert compare_variants.main(["--report-only", *map(str, parts), "--out-dir", str(tmp_path / "merged")]) == 0
+    assert compare_variants.main(["--report-only", *map(str, parts), "--out-dir", str(tmp_path / "merged"),
+                                  "--note", "synthetic_2d=seed 0 kept from another machine"]) == 0
     merged = (tmp_path / "merged" / variant_report.MARKDOWN).read_text(encoding="utf-8")
     assert set(_tables(merged)) == {"synthetic_3d", "synthetic_2d"}
     assert "python run-synthetic_3d\npython run-synthetic_2d" in merged
     assert merged.count("command `python run-") == 2  # each setting names the command that made it
+    assert merged.count("- Note: seed 0 kept from another machine") == 1
+    assert compare_variants.main(["--report-only", str(parts[0]), "--out-dir", str(tmp_path),
+                                  "--note", "isbi=not there"]) == 2
     assert compare_variants.main(["--report-only", str(parts[0]), str(parts[0]), "--out-dir", str(tmp_path)]) == 2
     real = json.loads(parts[1].read_text(encoding="utf-8")) | {"synthetic": False}
     parts[1].write_text(json.dumps(real), encoding="utf-8")
@@ -203,8 +207,8 @@ def test_predictions_are_mapped_back_to_the_dataset_label_values():
 
 def _run(variant: str, seed: int, dices: list[float]) -> dict:
     return {"variant": variant, "seed": seed, "parameters": 10, "patch_size": [8, 8], "iterations": 5, "epochs": 1,
-            "train_wall_s": 1.0, "train_cpu_s": 1.0, "inference_s_per_case": 0.1, "peak_rss_mb": 1.0,
-            "peak_gpu_mb": None,
+            "train_wall_s": 1.0, "trainer_wall_s": 1.0, "train_cpu_s": 1.0, "inference_s_per_case": 0.1,
+            "peak_rss_mb": 1.0, "peak_gpu_mb": None,
             "cases": [{"regions": {"r": {"dice": d, "hd95": None if d == 0 else 1.0}}} for d in dices]}
 
 

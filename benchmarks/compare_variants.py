@@ -79,6 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--records-only", action="store_true",
                    help="with --resume: report only the runs already finished, train nothing (the report lists "
                         "the runs that are missing)")
+    p.add_argument("--note", nargs="+", default=[], metavar="SETTING=TEXT",
+                   help="with --report-only: a fact about how a setting's runs were made that the records cannot "
+                        "show (e.g. runs kept with --resume from another machine), printed under its run line")
     p.add_argument("--no-ship", action="store_true", help="do not copy variants.json into the module's Resources")
     p.add_argument("--report-only", type=Path, nargs="+", metavar="JSON",
                    help="rewrite the report and plots from earlier runs' variants.json files (no training); "
@@ -94,6 +97,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                  for k, v in (item.split("=", 1) for item in args.setting_seeds)}
     except ValueError:
         p.error(f"--setting-seeds takes KEY=SEED[,SEED…] items; got {args.setting_seeds}")
+    if any("=" not in note for note in args.note):
+        p.error(f"--note takes SETTING=TEXT items; got {args.note}")
+    if args.note and not args.report_only:
+        p.error("--note annotates existing results: use it with --report-only")
     return args
 
 
@@ -246,6 +253,17 @@ def run_all(args: argparse.Namespace, argv: list[str] | None) -> dict:
     return variant_report.results_document(sections, vars(args), command_line(argv))
 
 
+def add_notes(results: dict, notes: list[str]) -> None:
+    """Append each SETTING=TEXT note to that setting's provenance (kept in variants.json, shown in the report)."""
+    for item in notes:
+        key, text = item.split("=", 1)
+        if key not in results["settings"]:
+            raise ValueError(f"--note names setting {key!r}, which the results do not hold "
+                             f"({', '.join(results['settings'])}).")
+        provenance = results["settings"][key]["provenance"]
+        provenance["notes"] = [*provenance.get("notes", []), text]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run every setting, then write the report, the results file, the plots (and the shipped copy)."""
     args = parse_args(argv)
@@ -253,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             results = variant_report.merge_documents(
                 [(str(path), json.loads(path.read_text(encoding="utf-8"))) for path in args.report_only])
+            add_notes(results, args.note)
         except (OSError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

@@ -67,6 +67,7 @@ def summarise(runs: list[dict], regions: list[str], pixel_error: bool) -> dict:
         "iterations": stats([run["iterations"] for run in runs]),
         "epochs": stats([run["epochs"] for run in runs]),
         "train_wall_s": stats([run["train_wall_s"] for run in runs]),
+        "trainer_wall_s": stats([run["trainer_wall_s"] for run in runs]),
         "train_cpu_s": stats([run["train_cpu_s"] for run in runs]),
         "inference_s_per_case": stats([run["inference_s_per_case"] for run in runs]),
         "peak_rss_mb": max(run["peak_rss_mb"] for run in runs),
@@ -220,8 +221,8 @@ def setting_markdown(key: str, section: dict) -> list[str]:
     """The setting's paragraph, its table and its ranking statements."""
     plan, unit, schedule = section["plan"], section["distance_unit"], section["schedule"]
     regions = list(section["regions"])
-    head = ["variant", "parameters", "patch", "iterations (epochs)", "training s (CPU s)", "inference s/case",
-            "peak RSS MB"]
+    head = ["variant", "parameters", "patch", "iterations (epochs)", "training s (with setup; CPU s)",
+            "inference s/case", "peak RSS MB"]
     gpu = any(s["peak_gpu_mb"] is not None for s in section["summary"].values())
     head += ["peak GPU MB"] if gpu else []
     head += [f"{r} Dice" for r in regions] + [f"{r} HD95 ({unit})" for r in regions]
@@ -230,6 +231,7 @@ def setting_markdown(key: str, section: dict) -> list[str]:
     lines = [
         f"## {section['title']} (`{key}`)", "",
         run_line(section["provenance"]),
+        *[f"- Note: {note}" for note in section["provenance"].get("notes", [])],
         f"- Data: {section['source']}.",
         f"- Preparation: {section['preparation']}",
         f"- Training cases: {', '.join(section['train_cases'])}; evaluation cases: {', '.join(section['eval_cases'])}.",
@@ -245,7 +247,7 @@ def setting_markdown(key: str, section: dict) -> list[str]:
     for variant, s in section["summary"].items():
         row = [variant, f"{s['parameters']:,}", "×".join(map(str, s["patch_size"])),
                f"{s['iterations']['mean']:.0f} ({s['epochs']['mean']:.0f})",
-               f"{s['train_wall_s']['mean']:.0f} ({s['train_cpu_s']['mean']:.0f})",
+               f"{s['trainer_wall_s']['mean']:.0f} ({s['train_wall_s']['mean']:.0f}; {s['train_cpu_s']['mean']:.0f})",
                f"{s['inference_s_per_case']['mean']:.2f}", f"{s['peak_rss_mb']:.0f}"]
         row += [f"{s['peak_gpu_mb'] or 0:.0f}"] if gpu else []
         row += [_pm(s["dice"][r]) for r in regions] + [_pm(s["hd95"][r], 1) for r in regions]
@@ -300,7 +302,9 @@ def markdown(results: dict) -> str:
         "- Budget: the same wall clock of training for every variant of a setting (the trainer's loop with its "
         "validation; preprocessing excluded; the figure and the hardware are given per setting below). A faster "
         "network gets more iterations in the same time — that is part of what an equal-time comparison measures; "
-        "the iterations and CPU-seconds columns say what each run got.",
+        "the iterations column says what each run got. 'training s' is the trainer's clock that the budget "
+        "stops (its loop and validation; it overshoots by at most one step or one validation); in brackets the "
+        "whole training call with its setup (reading the cache, starting data workers) and its CPU seconds.",
         "- Same for every variant: the data split, the plan (spacing, normalisation, patch size where the "
         "network's stride allows, batch size), the trainer's augmentation (nnU-Net's), Dice + cross-entropy, SGD "
         "with Nesterov momentum and poly decay over the budget, foreground oversampling, and "
@@ -404,8 +408,10 @@ def plot_training_curves(results: dict, path: Path) -> Path:
             t_loss, loss, t_dice, dice = curve_points(run)
             style = "-" if run["seed"] == section["runs"][0]["seed"] else "--"
             label = f"{run['variant']} (seed {run['seed']})"
-            row[0].plot(t_loss, loss, style + ".", color=colours[run["variant"]], label=label, lw=1, ms=3)
-            row[1].plot(t_dice, dice, style + "o", color=colours[run["variant"]], label=label, ms=3, lw=1)
+            row[0].plot(t_loss, loss, linestyle=style, marker=".", color=colours[run["variant"]], label=label, lw=1,
+                        ms=3)
+            row[1].plot(t_dice, dice, linestyle=style, marker="o", color=colours[run["variant"]], label=label, ms=3,
+                        lw=1)
         row[0].set(xlabel="training time (s)", ylabel="training loss (Dice + CE)", title=f"{section['title']}: loss")
         row[1].set(xlabel="training time (s)", ylabel="validation Dice (mean over classes)", ylim=(0, 1.02),
                    title=f"{section['title']}: validation Dice")
