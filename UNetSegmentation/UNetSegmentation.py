@@ -180,9 +180,9 @@ def _modelTooltip(info) -> str:
     return info.describe() + (f"\n{figures}" if figures else "")
 
 
-# The choices remembered across sessions in QSettings (the rest belongs to the scene).
+# The choices remembered across sessions in QSettings (the rest belongs to the scene; TTA follows the chosen model).
 SETTINGS_KEYS = (
-    "modality", "variant", "model", "device", "tta", "postprocess", "showIn3D", "trainingVariant",
+    "modality", "variant", "model", "device", "postprocess", "showIn3D", "trainingVariant",
     "timeBudgetMinutes",
 )
 
@@ -385,6 +385,9 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onModelSelected(self, index: int) -> None:
         if self._parameterNode and index >= 0:
             self._parameterNode.model = self.ui.modelComboBox.itemText(index)
+            info = self._modelInfo(self._parameterNode.model)
+            if info is not None:  # the checkbox starts at the model's own default, so it shows what will run
+                self._parameterNode.tta = bool(info.inference.get("tta", False))
             self._showModelInfo(self._parameterNode.model)
 
     def _inputNames(self):
