@@ -8,6 +8,7 @@ import torch
 from torch.nn import functional
 from torch_threads import one_thread  # noqa: F401  (autouse: torch on one thread)
 
+from UNetSegmentationLib import augmentation
 from UNetSegmentationLib.augmentation import build_train_transforms, sampling_size, spatial_params
 
 PATCHES = [(24, 32, 32), (6, 40, 40), (48, 40)]  # isotropic 3D, anisotropic ("dummy 2D") 3D, 2D
@@ -125,3 +126,34 @@ def test_mirror_axes_restrict_flips():
 def test_bad_patch_size_is_a_clear_error():
     with pytest.raises(ValueError, match="patch_size"):
         spatial_params((8, 8, 8, 8))
+
+
+def _sides_swapped(patch: tuple[int, ...], mirror: tuple[int, ...], seeds: int = 40) -> int:
+    """How many of `seeds` augmented patches show a 'left' blob (lower x) right of a 'right' one."""
+    crop = sampling_size(patch, mirror)
+    label = torch.zeros((1, *crop))
+    mid_y, mid_x = crop[-2] // 2, crop[-1] // 2
+    label[..., mid_y - 6:mid_y + 6, mid_x - 14:mid_x - 4] = 1.0
+    label[..., mid_y - 6:mid_y + 6, mid_x + 4:mid_x + 14] = 2.0
+    pipeline = build_train_transforms(patch, intensity=False, mirror_axes=mirror)
+    x = torch.arange(patch[-1], dtype=torch.float32)
+    swapped = 0
+    for seed in range(seeds):
+        _, lab = _run(pipeline, label.clone(), label, seed)
+        centre = [((lab[0] == v).float().sum(dim=tuple(range(len(patch) - 1))) @ x) / (lab[0] == v).sum()
+                  for v in (1.0, 2.0)]
+        swapped += int(centre[0] > centre[1])
+    return swapped
+
+
+@pytest.mark.parametrize("patch", [(48, 40), (6, 40, 40)])
+def test_left_stays_left_when_the_left_right_axis_is_not_mirrored(patch, monkeypatch):
+    """Excluding the left-right flip must not be undone by a half-turn rotation: in-plane rotation is capped,
+    so a 'left' blob stays left of a 'right' one in every augmented patch."""
+    lateral = len(patch) - 1
+    mirror = tuple(a for a in range(len(patch)) if a != lateral)
+    assert max(spatial_params(patch, mirror).rotation) == pytest.approx(np.radians(30))
+    assert max(spatial_params(patch).rotation) == pytest.approx(np.pi)  # all axes mirrored: nnU-Net's range
+    assert _sides_swapped(patch, mirror) == 0
+    monkeypatch.setattr(augmentation, "_LATERAL_ROTATION_LIMIT", np.pi)  # nnU-Net's ±180°: sides do swap
+    assert _sides_swapped(patch, mirror) > 0

@@ -37,6 +37,10 @@ from monai.transforms import (
 # A patch whose largest in-plane edge exceeds 3× its slice count is trained with in-plane ("dummy 2D")
 # rotation and scaling only, as nnU-Net does for anisotropic data.
 _ANISOTROPY_THRESHOLD = 3.0
+# In-plane rotation limit when a mirror axis of the rotation plane is excluded (labels that name left and right):
+# beyond ±90° a rotation, alone or with the other axis's flip, turns the patch left for right, undoing the
+# exclusion. nnU-Net's 3D range (±30°) keeps the sides apart. (nnU-Net itself has no such rule.)
+_LATERAL_ROTATION_LIMIT = math.radians(30.0)
 # Zoom range of the spatial transform (grid scale: > 1 zooms out). nnU-Net: 0.7–1.4.
 _SCALE_RANGE = (0.7, 1.4)
 # The extra context cropped for zooming out is capped at this factor (nnU-Net's get_patch_size uses 1.25);
@@ -52,17 +56,21 @@ class SpatialParams:
     dummy_2d: bool
 
 
-def spatial_params(patch_size: Sequence[int]) -> SpatialParams:
+def spatial_params(patch_size: Sequence[int], mirror_axes: Sequence[int] | None = None) -> SpatialParams:
     """nnU-Net's rotation ranges for a patch: 3D ±30° about each axis, in-plane ±180° for anisotropic
-    (dummy-2D) patches, 2D ±180° (±15° when the patch's aspect ratio exceeds 1.5)."""
+    (dummy-2D) patches, 2D ±180° (±15° when the patch's aspect ratio exceeds 1.5); in-plane rotation is capped
+    at ±30° when `mirror_axes` leaves out an axis of the rotation plane (left and right must stay apart)."""
     patch = tuple(int(p) for p in patch_size)
+    if len(patch) not in (2, 3):
+        raise ValueError(f"patch_size must have 2 or 3 entries (y, x) or (z, y, x); got {patch}.")
+    plane = {len(patch) - 2, len(patch) - 1}
+    lateral = mirror_axes is not None and not plane <= {int(a) for a in mirror_axes}
+    cap = _LATERAL_ROTATION_LIMIT if lateral else math.pi
     if len(patch) == 2:
         limit = math.radians(15.0) if max(patch) / min(patch) > 1.5 else math.pi
-        return SpatialParams((limit,), dummy_2d=False)
-    if len(patch) != 3:
-        raise ValueError(f"patch_size must have 2 or 3 entries (y, x) or (z, y, x); got {patch}.")
+        return SpatialParams((min(limit, cap),), dummy_2d=False)
     if max(patch[1:]) / patch[0] > _ANISOTROPY_THRESHOLD:
-        return SpatialParams((math.pi, 0.0, 0.0), dummy_2d=True)
+        return SpatialParams((cap, 0.0, 0.0), dummy_2d=True)
     return SpatialParams((math.radians(30.0),) * 3, dummy_2d=False)
 
 
@@ -78,15 +86,16 @@ def _rotation_matrix(angles: Sequence[float]) -> np.ndarray:
     return rx @ ry @ rz
 
 
-def sampling_size(patch_size: Sequence[int]) -> tuple[int, ...]:
-    """The crop that contains every rotated and zoomed-out patch (like nnU-Net's ``get_patch_size``).
+def sampling_size(patch_size: Sequence[int], mirror_axes: Sequence[int] | None = None) -> tuple[int, ...]:
+    """The crop that contains every rotated and zoomed-out patch (like nnU-Net's ``get_patch_size``), for the
+    rotations `spatial_params(patch_size, mirror_axes)` allows.
 
     The bounding box of the rotated patch is evaluated at the corners of the angle range (and at multiples of
     45° inside it), scaled by the zoom-out cap; each margin is rounded so that crop − patch is even, which
     keeps the identity sampling grid on voxel centres.
     """
     patch = np.array([int(p) for p in patch_size], dtype=float)
-    params = spatial_params(patch_size)
+    params = spatial_params(patch_size, mirror_axes)
     extent = patch.copy()
     candidates = []
     for limit in params.rotation:
@@ -170,7 +179,7 @@ def build_train_transforms(
 
     Seed it per sample with ``pipeline.set_random_state(seed)`` for reproducible, order-independent patches.
     """
-    params = spatial_params(patch_size)
+    params = spatial_params(patch_size, mirror_axes)
     spatial_dims = len(patch_size)
     stages: list = [_spatial_transform(patch_size, params)]
     if elastic:

@@ -71,7 +71,7 @@ class PatchSampler(torch.utils.data.Dataset):
             raise ValueError("No training cases to sample patches from.")
         self.cases = list(cases)
         self.config = config
-        self.crop_size = sampling_size(config.patch_size)
+        self.crop_size = sampling_size(config.patch_size, config.mirror_axes)
         self.transforms = build_train_transforms(config.patch_size, elastic=config.elastic,
                                                  mirror_axes=config.mirror_axes)
 
