@@ -183,3 +183,43 @@ def test_unetseg_version_and_help():
         [sys.executable, "-m", "UNetSegmentationLib", "--help"], capture_output=True, text=True, encoding="utf-8"
     )
     assert out.returncode == 0 and "usage: unetseg" in out.stdout
+
+
+def _text_io_without_encoding(tree: ast.AST) -> list[int]:
+    """Lines that open, read or write text, or decode a subprocess's output, without naming an encoding."""
+    lines = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+        keywords = {k.arg: k.value for k in node.keywords}
+        if "encoding" in keywords:
+            continue
+        if name in ("read_text", "write_text"):
+            lines.append(node.lineno)
+        elif name == "open":
+            args = node.args[1:] if isinstance(func, ast.Name) else node.args  # open(path, mode) / path.open(mode)
+            mode = keywords.get("mode", args[0] if args else None)
+            archive_member = mode is not None and not isinstance(mode, ast.Constant)  # zipfile's zf.open(info)
+            if not archive_member and not (isinstance(mode, ast.Constant) and "b" in str(mode.value)):
+                lines.append(node.lineno)
+        elif name in ("run", "Popen", "check_output") and any(
+            isinstance(keywords.get(k), ast.Constant) and keywords[k].value is True
+            for k in ("text", "universal_newlines")
+        ):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_every_text_io_names_its_encoding():
+    """slicer-core's VTK switches the process locale to C, so text I/O that relies on the locale's encoding
+    breaks on non-ASCII names and figures inside Slicer: every open/read_text/write_text and text-mode
+    subprocess call names its encoding (ruff's PLW1514 would check this, but it is preview-only). The module and
+    the benchmarks are checked: they run in users' processes; the tests write ASCII fixtures."""
+    offenders = []
+    for folder in (MODULE_DIR, ROOT / "benchmarks"):
+        for path in sorted(folder.rglob("*.py")):
+            offenders += [f"{path.relative_to(ROOT)}:{line}"
+                          for line in _text_io_without_encoding(ast.parse(path.read_text(encoding="utf-8")))]
+    assert not offenders, "text I/O without encoding=: " + ", ".join(offenders)

@@ -88,7 +88,7 @@ def run_training(cmd: list[str], log: Path) -> tuple[float, float]:
     """Run the trainer as a child process (log to `log`); return its CPU seconds and wall seconds."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    with log.open("w") as out:
+    with log.open("w", encoding="utf-8") as out:
         args = cmd[cmd.index("unetseg") + 1:]
         proc = subprocess.run([sys.executable, "-m", "UNetSegmentationLib", *args], stdout=out,
                               stderr=subprocess.STDOUT, check=False, env={**os.environ, **TRAIN_ENV})

@@ -188,7 +188,7 @@ def run_contender(name: str, command: list[str], log: Path) -> dict:
 def measure(log: str, command: list[str]) -> int:
     """Run `command` with its output in `log`; print its wall time (s) and peak RSS (KiB); return its exit code."""
     start = time.perf_counter()
-    with open(log, "w") as out:
+    with open(log, "w", encoding="utf-8") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(process.pid, 0)
     print(time.perf_counter() - start, usage.ru_maxrss)
