@@ -124,11 +124,12 @@ def write_folders(setting: variant_settings.Setting, folder: Path, args: argpars
     saved_plans = args.resume and (folder / "plans.json").is_file()
     if saved_plans and (folder / "dataset" / "dataset.json").is_file():
         return folder / "dataset", folder / "plans.json"
+    if saved_plans:  # a dataset folder left half-written, or absent on another machine: rewrite it
+        shutil.rmtree(folder / "dataset", ignore_errors=True)
     cases = setting.train + setting.evaluate
-    shutil.rmtree(folder / "dataset", ignore_errors=True)
     dataset = write_nnunet_dataset(folder / "dataset", [(c.images, c.label) for c in cases], setting.channel_names,
                                    setting.labels, names=[c.name for c in cases])
-    if saved_plans:  # resuming on another machine with the runs and plans copied over: the data are rewritten
+    if saved_plans:  # the copied plans stay: the runs kept with --resume were trained on them
         return folder / "dataset", folder / "plans.json"
     train_names = {c.name for c in setting.train}
     train_only = dataclasses.replace(dataset, cases=[c for c in dataset.cases if c.name in train_names])
