@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m UNetSegmentationLib demo --out demo-output
+	$(PY) -m unetseg demo --out demo-output
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from UNetSegmentationLib import phantoms
+from unetseg import phantoms
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

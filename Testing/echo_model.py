@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from UNetSegmentationLib.image import Image, Label
-from UNetSegmentationLib.networks import build_network
-from UNetSegmentationLib.package import ModelPackage, save_package
+from unetseg.image import Image, Label
+from unetseg.models.package import ModelPackage, save_package
+from unetseg.networks.factory import build_network
 
 ECHO_LABELS = [Label(1, "one", (1.0, 0.0, 0.0)), Label(2, "two", (0.0, 1.0, 0.0)), Label(3, "three", (0.0, 0.0, 1.0))]
 

@@ -8,8 +8,8 @@ import torch
 from torch.nn import functional
 from torch_threads import one_thread  # noqa: F401  (autouse: torch on one thread)
 
-from UNetSegmentationLib import augmentation
-from UNetSegmentationLib.augmentation import build_train_transforms, sampling_size, spatial_params
+from unetseg.training import augmentation
+from unetseg.training.augmentation import build_train_transforms, sampling_size, spatial_params
 
 PATCHES = [(24, 32, 32), (6, 40, 40), (48, 40)]  # isotropic 3D, anisotropic ("dummy 2D") 3D, 2D
 

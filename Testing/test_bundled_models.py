@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from UNetSegmentationLib.image import Image
+from unetseg.image import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = REPO_ROOT / "UNetSegmentation" / "Resources" / "Models"
@@ -26,10 +26,10 @@ def _samples() -> dict[str, dict]:
 @pytest.mark.slow
 @pytest.mark.parametrize("folder", MODEL_FOLDERS, ids=lambda f: f.name)
 def test_bundled_model_segments_its_sample_at_its_card_dice(folder: Path):
-    from UNetSegmentationLib.inference import segment
-    from UNetSegmentationLib.io import read_image, read_label_image
-    from UNetSegmentationLib.metrics import dice
-    from UNetSegmentationLib.package import load_package
+    from unetseg.evaluation.metrics import dice
+    from unetseg.inference.predictor import segment
+    from unetseg.io import read_image, read_label_image
+    from unetseg.models.package import load_package
 
     package = load_package(folder)  # validates the manifest against the schema
     entry = package.provenance["metrics"]["sample"]
@@ -46,7 +46,7 @@ def test_bundled_model_segments_its_sample_at_its_card_dice(folder: Path):
 
 @needs_models
 def test_cards_state_provenance_and_honest_metrics():
-    from UNetSegmentationLib.package import load_package
+    from unetseg.models.package import load_package
 
     for folder in MODEL_FOLDERS:
         prov = load_package(folder).provenance
@@ -62,7 +62,7 @@ def test_cards_state_provenance_and_honest_metrics():
 
 @needs_models
 def test_samples_name_existing_models_of_their_modality():
-    from UNetSegmentationLib.package import load_package
+    from unetseg.models.package import load_package
 
     packages = {f.name: load_package(f) for f in MODEL_FOLDERS}
     for sample in _samples().values():
@@ -81,7 +81,7 @@ def test_bundled_weights_fit_the_size_limit():
 @needs_models
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path, capsys):
-    from UNetSegmentationLib.demo import load_samples, run_demo
+    from unetseg.demo import load_samples, run_demo
 
     case = next(s for s in load_samples() if s["modality"] == "CT")["name"]
     assert run_demo(tmp_path / "demo-output") == 0

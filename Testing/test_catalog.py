@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from tiny_models import tiny_manifest, write_tiny_package
 
-from UNetSegmentationLib import catalog as catalog_module
-from UNetSegmentationLib import package as package_module
-from UNetSegmentationLib.catalog import Catalog, normalize_modality, user_data_dir, user_models_dir
-from UNetSegmentationLib.cli import main
-from UNetSegmentationLib.package import ManifestError, PackageError, WeightsError
+from unetseg.cli import main
+from unetseg.models import catalog as catalog_module
+from unetseg.models import package as package_module
+from unetseg.models.catalog import Catalog, normalize_modality, user_data_dir, user_models_dir
+from unetseg.models.package import ManifestError, PackageError, WeightsError
 
 MR_NETWORK = {
     "variant": "nnunet",
@@ -155,7 +155,7 @@ def test_user_folder_follows_the_environment_and_the_platform(monkeypatch, tmp_p
 def test_bundled_models_are_found_next_to_the_package():
     bundled = catalog_module.bundled_models_dir()
     assert bundled.parts[-3:] == ("UNetSegmentation", "Resources", "Models")
-    assert (bundled.parents[1] / "UNetSegmentationLib" / "catalog.py").is_file()
+    assert (bundled.parents[1] / "unetseg" / "models" / "catalog.py").is_file()
     assert Catalog().bundled_dir == bundled
 
 
@@ -271,7 +271,7 @@ def test_cli_lists_and_imports(dirs, tmp_path, monkeypatch, capsys):
 def test_listing_models_does_not_load_torch(dirs):
     """The Slicer panel lists models in its GUI process, where torch may not even be installed."""
     code = (
-        "import sys; from UNetSegmentationLib.catalog import Catalog; "
+        "import sys; from unetseg.models.catalog import Catalog; "
         f"assert len(Catalog({str(dirs[0])!r}, {str(dirs[1])!r}).models()) == 3; "
         "print(sorted(m for m in ('torch', 'monai', 'safetensors') if m in sys.modules))"
     )

@@ -15,10 +15,10 @@ import SimpleITK as sitk
 from echo_model import echo_image, echo_package, echo_state_dict
 from safetensors.torch import save as safetensors_save
 
-from UNetSegmentationLib import cli, phantoms
-from UNetSegmentationLib.image import Image
-from UNetSegmentationLib.io import read_label_image
-from UNetSegmentationLib.progress import parse_progress_line
+from unetseg import cli, phantoms
+from unetseg.image import Image
+from unetseg.io import read_label_image
+from unetseg.jobs.progress import parse_progress_line
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -117,7 +117,7 @@ def test_json_progress_and_label_map_output(models, case, tmp_path, capsys):
 
 @pytest.mark.parametrize(("flags", "tta"), [([], None), (["--tta"], True), (["--no-tta"], False)])
 def test_tta_flags_reach_segment(flags, tta, models, case, tmp_path, capsys, monkeypatch):
-    from UNetSegmentationLib import predict_job
+    from unetseg.jobs import predict as predict_job
 
     seen = []
 
@@ -155,7 +155,7 @@ def test_sigterm_mid_run_leaves_no_file(models, tmp_path):
     _, labels = phantoms.ct_phantom(shape=(48, 96, 96))
     sitk.WriteImage(echo_image(labels.with_array(np.minimum(labels.array, 3))).to_sitk(), str(tmp_path / "ct.nrrd"))
     out = tmp_path / "out.seg.nrrd"
-    command = [sys.executable, "-m", "UNetSegmentationLib", "predict", "-i", str(tmp_path / "ct.nrrd"),
+    command = [sys.executable, "-m", "unetseg", "predict", "-i", str(tmp_path / "ct.nrrd"),
                "-m", str(models["echo"].path), "-o", str(out), "--device", "cpu", "--tta",
                "--progress", "json"]  # fmt: skip
     process = subprocess.Popen(

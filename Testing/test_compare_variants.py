@@ -83,7 +83,7 @@ def test_synthetic_comparison_writes_a_well_formed_table_and_both_plots(syntheti
 @pytest.mark.slow
 def test_table_cell_is_recomputed_from_the_saved_predictions(synthetic_run):
     """The table's numbers come from metrics.compute_metrics on the predictions the predictor wrote."""
-    from UNetSegmentationLib.metrics import compute_metrics
+    from unetseg.evaluation.metrics import compute_metrics
 
     out, work, results = synthetic_run
     section = results["settings"]["synthetic_3d"]
@@ -198,7 +198,7 @@ def test_score_unites_labels_into_regions_and_counts_pixel_errors():
 def test_predictions_are_mapped_back_to_the_dataset_label_values():
     from types import SimpleNamespace
 
-    from UNetSegmentationLib.image import Label
+    from unetseg.image import Label
 
     package = SimpleNamespace(labels=[Label(1, "oedema", (1, 0, 0)), Label(2, "enhancing", (0, 1, 0))],
                               provenance={"source_label_values": {"oedema": 2, "enhancing": 4}})

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from UNetSegmentationLib import datasets, phantoms, planning
-from UNetSegmentationLib.image import Image
+from unetseg import phantoms
+from unetseg.image import Image
+from unetseg.training import datasets, planning
 
 CT_LABELS = {label.value: label.name for label in phantoms.CT_LABELS}
 MRI_LABELS = {label.value: label.name for label in phantoms.MRI_LABELS}

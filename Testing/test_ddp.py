@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch_threads import one_thread  # noqa: F401  (autouse: torch on one thread)
 
-from UNetSegmentationLib.datasets import write_nnunet_dataset
-from UNetSegmentationLib.package import load_package, load_state_dict
-from UNetSegmentationLib.phantoms import MRI_LABELS, mri_phantom
-from UNetSegmentationLib.sampling import rank_share
-from UNetSegmentationLib.training import train
+from unetseg.models.package import load_package, load_state_dict
+from unetseg.phantoms import MRI_LABELS, mri_phantom
+from unetseg.training.datasets import write_nnunet_dataset
+from unetseg.training.sampling import rank_share
+from unetseg.training.trainer import train
 
 ARGS = {"epochs": 1, "iterations_per_epoch": 2, "batch_size": 2, "width": 0.25, "val_fraction": 0.0, "seed": 5}
 
@@ -48,7 +48,7 @@ def test_two_gloo_processes_produce_the_single_process_package(mri_dataset, tmp_
 
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "UNetSegmentationLib", "train", str(mri_dataset), "--out", str(out), "--device", "cpu",
+               "-m", "unetseg", "train", str(mri_dataset), "--out", str(out), "--device", "cpu",
                "--cache-dir", str(tmp_path / "cache"), "--progress", "json", *_cli_args(ARGS)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", timeout=600, env=env)

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from UNetSegmentationLib.cli import main
-from UNetSegmentationLib.evaluation import case_name, evaluate_folders
-from UNetSegmentationLib.image import LabelImage
-from UNetSegmentationLib.io import write_label_image
-from UNetSegmentationLib.metrics import compute_metrics
-from UNetSegmentationLib.phantoms import MRI_LABELS, mri_phantom
+from unetseg.cli import main
+from unetseg.evaluation.metrics import compute_metrics
+from unetseg.evaluation.report import case_name, evaluate_folders
+from unetseg.image import LabelImage
+from unetseg.io import write_label_image
+from unetseg.phantoms import MRI_LABELS, mri_phantom
 
 
 def _write(label, path, labels=()):

@@ -12,14 +12,16 @@ from monai.data.utils import compute_importance_map, dense_patch_slices
 from monai.inferers import sliding_window_inference
 from monai.inferers.utils import _get_scan_interval
 
-from UNetSegmentationLib import inference, phantoms, torch_backend
-from UNetSegmentationLib.image import Image
-from UNetSegmentationLib.inference import SegmentationCancelled, segment
-from UNetSegmentationLib.linear_resampling import ArrayOps, argmax_on_grid, resample_linear
-from UNetSegmentationLib.package import save_package
-from UNetSegmentationLib.postprocessing import keep_largest_component
-from UNetSegmentationLib.preprocessing import resample
-from UNetSegmentationLib.windows import count_windows, gaussian_weights, sliding_window, window_slices
+from unetseg import phantoms
+from unetseg.image import Image
+from unetseg.inference import predictor as inference
+from unetseg.inference import torch_backend
+from unetseg.inference.linear_resampling import ArrayOps, argmax_on_grid, resample_linear
+from unetseg.inference.postprocessing import keep_largest_component
+from unetseg.inference.predictor import SegmentationCancelled, segment
+from unetseg.inference.preprocessing import resample
+from unetseg.inference.windows import count_windows, gaussian_weights, sliding_window, window_slices
+from unetseg.models.package import save_package
 
 TORCH_OPS = ArrayOps(asarray=torch.as_tensor, to_numpy=lambda t: t.numpy())
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from UNetSegmentationLib import io, phantoms
-from UNetSegmentationLib.image import Image, Label, LabelImage
+from unetseg import io, phantoms
+from unetseg.image import Image, Label, LabelImage
 
 LIVER = (
     "Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical Structure"
@@ -272,7 +272,7 @@ def test_write_failure_midway_leaves_nothing_and_keeps_the_old_file(tmp_path, mo
             f.write(b"half a file")
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(io.sitk, "WriteImage", fail_after_partial_write)
+    monkeypatch.setattr(io.write.sitk, "WriteImage", fail_after_partial_write)
     with pytest.raises(OSError, match="disk full"):
         io.write_label_image(target, _ct_label_image())
     assert os.listdir(tmp_path) == ["out.nii.gz"]

@@ -15,6 +15,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 MODULE_DIR = ROOT / "UNetSegmentation"
 LIB_DIR = MODULE_DIR / "UNetSegmentationLib"
+CORE_DIR = MODULE_DIR / "unetseg"
+SLICER_SIDE = {"slicer", "vtk", "vtkmodules", "qt", "ctk", "PythonQt", "UNetSegmentationLib", "UNetSegmentation"}
+QT = {"qt", "ctk", "PythonQt"}
 
 # Slicer/ExtensionsIndex schemas/slicer-extension-catalog-entry-schema-v1.0.2.json, its rules as they matter
 # here (draft-07, additionalProperties false), and the categories its checker script accepts that we might use.
@@ -67,7 +70,7 @@ def test_every_python_file_is_listed_in_module_scripts():
 def test_every_resource_is_listed_and_exists():
     listed = set(cmake_list(module_cmake(), "MODULE_PYTHON_RESOURCES"))
     resource_files = [p for p in (MODULE_DIR / "Resources").rglob("*") if p.is_file()]
-    resource_files += list((LIB_DIR / "schemas").glob("*.json"))
+    resource_files += list((CORE_DIR / "models" / "schemas").glob("*.json"))
     present = {p.relative_to(MODULE_DIR).as_posix() for p in resource_files}
     assert present - listed == set(), "resources missing from MODULE_PYTHON_RESOURCES (they would not ship)"
     assert listed - present == set(), "MODULE_PYTHON_RESOURCES lists files that do not exist"
@@ -128,13 +131,92 @@ def test_module_file_has_no_top_level_heavy_import():
     assert not heavy, f"UNetSegmentation.py imports {heavy} at module level; Slicer start-up must stay fast"
 
 
-def test_core_never_imports_qt_and_only_the_bridge_imports_slicer():
-    bridge_files = {"slicer_logic.py", "dependencies.py"}
-    for path in LIB_DIR.glob("*.py"):
+def test_core_never_imports_the_slicer_side():
+    for path in CORE_DIR.rglob("*.py"):
         names = _imports(ast.parse(path.read_text(encoding="utf-8")), top_level_only=False)
-        assert not names & {"qt", "ctk", "PythonQt"}, f"{path.name} imports Qt; only UNetSegmentation.py may"
-        if path.name not in bridge_files:
-            assert not names & {"slicer", "vtk", "vtkmodules"}, f"{path.name} imports slicer/vtk"
+        assert not names & SLICER_SIDE, f"core module {path.relative_to(MODULE_DIR)} imports {names & SLICER_SIDE}"
+
+
+def test_only_the_widget_imports_qt():
+    for path in [MODULE_DIR / "UNetSegmentation.py", *LIB_DIR.rglob("*.py")]:
+        if path.name == "widget.py":
+            continue
+        names = _imports(ast.parse(path.read_text(encoding="utf-8")), top_level_only=False)
+        assert not names & QT, f"{path.relative_to(MODULE_DIR)} imports {names & QT}; only the widget may"
+
+
+def _project_imports(path: Path) -> set[str]:
+    """Dotted names of the project's modules that ``path`` imports, at any depth of the file."""
+    name = ".".join(path.relative_to(MODULE_DIR).with_suffix("").parts)
+    package = name.removesuffix(".__init__") if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*up, base]) if base else ".".join(up)
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _import_graph() -> dict[str, set[str]]:
+    files = {}
+    for path in MODULE_DIR.rglob("*.py"):
+        parts = path.relative_to(MODULE_DIR).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in files.items():
+        deps = set()
+        for target in _project_imports(path):
+            while target and target not in files:
+                target = target.rpartition(".")[0]
+            if target and target != name and not name.startswith(target + "."):
+                deps.add(target)
+        graph[name] = deps
+    return graph
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_circles():
+    assert _circles(_import_graph()) == []
+
+
+def test_circle_check_finds_a_circle():
+    assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
 def _modules_loaded_by(statement: str) -> set[str]:
@@ -149,8 +231,8 @@ def _modules_loaded_by(statement: str) -> set[str]:
     "statement",
     [
         "import UNetSegmentationLib",
-        "import UNetSegmentationLib.image, UNetSegmentationLib.phantoms, UNetSegmentationLib.cli",
-        "from UNetSegmentationLib.cli import build_parser; build_parser()",
+        "import unetseg.image, unetseg.phantoms, unetseg.cli",
+        "from unetseg.cli import build_parser; build_parser()",
     ],
 )
 def test_light_imports_do_not_load_torch_or_monai(statement):
@@ -160,9 +242,7 @@ def test_light_imports_do_not_load_torch_or_monai(statement):
 
 def test_slicer_bridge_import_does_not_load_torch():
     pytest.importorskip("slicer", reason="slicer-core is not installed")
-    if not (LIB_DIR / "slicer_logic.py").exists():
-        pytest.skip("slicer_logic.py is not written yet")
-    loaded = _modules_loaded_by("import UNetSegmentationLib.slicer_logic")
+    loaded = _modules_loaded_by("import UNetSegmentationLib.logic")
     assert not loaded & {"torch", "monai"}
 
 
@@ -176,11 +256,11 @@ def test_widget_uses_only_names_defined_in_ui_file():
 
 def test_unetseg_version_and_help():
     out = subprocess.run(
-        [sys.executable, "-m", "UNetSegmentationLib", "--version"], capture_output=True, text=True, encoding="utf-8"
+        [sys.executable, "-m", "unetseg", "--version"], capture_output=True, text=True, encoding="utf-8"
     )
     assert out.returncode == 0 and out.stdout.startswith("unetseg ")
     out = subprocess.run(
-        [sys.executable, "-m", "UNetSegmentationLib", "--help"], capture_output=True, text=True, encoding="utf-8"
+        [sys.executable, "-m", "unetseg", "--help"], capture_output=True, text=True, encoding="utf-8"
     )
     assert out.returncode == 0 and "usage: unetseg" in out.stdout
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from UNetSegmentationLib import losses
+from unetseg.training import losses
 
 
 def one_hot_logits(labels: torch.Tensor, classes: int, scale: float = 50.0) -> torch.Tensor:

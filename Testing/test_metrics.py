@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from UNetSegmentationLib import metrics
-from UNetSegmentationLib.image import Image
+from unetseg.evaluation import metrics
+from unetseg.image import Image
 
 SPACING = (2.5, 0.8, 1.0)  # (sz, sy, sx): numpy axis order, the thick axis first
 SHAPE = (40, 100, 80)

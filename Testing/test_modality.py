@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from UNetSegmentationLib import phantoms
-from UNetSegmentationLib.modality import MODALITY_TITLES, guess_modality, modality_from_dicom
+from unetseg import phantoms
+from unetseg.modality import MODALITY_TITLES, guess_modality, modality_from_dicom
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch_threads import one_thread  # noqa: F401  (autouse: torch on one thread)
 
-from UNetSegmentationLib import networks
+from unetseg.networks import factory as networks
 
 TINY = 1 / 16  # paper widths ÷ 16: the variant × dims matrix runs in seconds on a 2-core CPU
 # Odd sizes on purpose: the network pads to its total stride and crops back.

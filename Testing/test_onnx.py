@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from UNetSegmentationLib import cli, phantoms
-from UNetSegmentationLib.inference import segment
-from UNetSegmentationLib.networks import build_network
-from UNetSegmentationLib.package import save_package
+from unetseg import cli, phantoms
+from unetseg.inference.predictor import segment
+from unetseg.models.package import save_package
+from unetseg.networks.factory import build_network
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,9 +98,10 @@ def test_onnx_backend_runs_without_torch(exported, tmp_path):
         f"""
         import sys
         sys.modules["torch"] = sys.modules["monai"] = None  # as if not installed: importing them fails
-        from UNetSegmentationLib import cli, phantoms
-        from UNetSegmentationLib.inference import segment
-        from UNetSegmentationLib.package import load_package
+        from unetseg import cli
+        from unetseg import phantoms
+        from unetseg.inference.predictor import segment
+        from unetseg.models.package import load_package
         image, _ = phantoms.ct_phantom(shape=(12, 24, 24))
         options = {{"largest_component": True, "fill_holes": True, "min_island_mm3": 10.0}}
         result = segment(image, load_package({str(exported.path)!r}), device="cpu", postprocess=options)

@@ -7,7 +7,10 @@ import pytest
 import torch
 from torch_threads import one_thread  # noqa: F401  (autouse: torch on one thread)
 
-from UNetSegmentationLib import losses, metrics, networks, phantoms
+from unetseg import phantoms
+from unetseg.evaluation import metrics
+from unetseg.networks import factory as networks
+from unetseg.training import losses
 
 
 def overfit(config: dict, image: np.ndarray, labels: np.ndarray, max_steps: int = 300) -> dict[int, float]:

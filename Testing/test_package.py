@@ -10,10 +10,9 @@ import torch
 from safetensors import safe_open
 from tiny_models import TINY_NETWORK, tiny_manifest, tiny_state_dict, write_tiny_package
 
-from UNetSegmentationLib import package
-from UNetSegmentationLib.image import Label
-from UNetSegmentationLib.networks import build_network
-from UNetSegmentationLib.package import (
+from unetseg.image import Label
+from unetseg.models import package
+from unetseg.models.package import (
     ManifestError,
     PackageError,
     WeightsError,
@@ -23,6 +22,7 @@ from UNetSegmentationLib.package import (
     save_package,
     validate_manifest,
 )
+from unetseg.networks.factory import build_network
 
 
 def _problems(manifest: dict) -> list[str]:

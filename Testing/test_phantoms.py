@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from UNetSegmentationLib import phantoms
+from unetseg import phantoms
 
 
 def _is_oblique(direction) -> bool:

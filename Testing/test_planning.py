@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from UNetSegmentationLib import cli, phantoms, planning
-from UNetSegmentationLib.planning import Fingerprint, IntensityStats
+from unetseg import cli, phantoms
+from unetseg.training import planning
+from unetseg.training.planning import Fingerprint, IntensityStats
 
 STATS = IntensityStats(mean=80.0, std=40.0, median=85.0, min=-100.0, max=300.0, p00_5=-50.0, p99_5=250.0)
 
@@ -137,7 +138,7 @@ def test_plans_round_trip_through_json(tmp_path):
 
 def test_plan_network_config_builds_and_runs_one_patch():
     torch = pytest.importorskip("torch")
-    networks = pytest.importorskip("UNetSegmentationLib.networks")
+    networks = pytest.importorskip("unetseg.networks.factory")
     fp = fingerprint([(1.0, 1.0, 2.0)] * 2, [(16, 48, 40)] * 2, channels=("T1", "T2"), labels=3)
     plan = planning.plan_experiment(fp)
     config = plan.network_config
@@ -149,7 +150,7 @@ def test_plan_network_config_builds_and_runs_one_patch():
 
 
 def test_fingerprint_of_a_real_dataset_counts_classes_and_samples_foreground(tmp_path):
-    from UNetSegmentationLib import datasets
+    from unetseg.training import datasets
 
     cases = [phantoms.ct_phantom(shape=(12, 32, 32), seed=s) for s in range(2)]
     labels = {label.value: label.name for label in phantoms.CT_LABELS}
@@ -165,7 +166,7 @@ def test_fingerprint_of_a_real_dataset_counts_classes_and_samples_foreground(tmp
 
 
 def test_cli_plan_writes_plans_next_to_the_dataset(tmp_path, capsys):
-    from UNetSegmentationLib import datasets
+    from unetseg.training import datasets
 
     image, label = phantoms.mri_phantom(shape=(12, 32, 28), sequences=("T1",))
     labels = {lab.value: lab.name for lab in phantoms.MRI_LABELS}

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from UNetSegmentationLib import crf, phantoms
-from UNetSegmentationLib import postprocessing as post
+from unetseg import phantoms
+from unetseg.inference import crf
+from unetseg.inference import postprocessing as post
 
 
 def _blobs() -> np.ndarray:

@@ -7,9 +7,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from UNetSegmentationLib import phantoms
-from UNetSegmentationLib import preprocessing as pp
-from UNetSegmentationLib.image import Image
+from unetseg import phantoms
+from unetseg.image import Image
+from unetseg.inference import preprocessing as pp
 
 DIRECTIONS = {
     "oblique, x flipped": phantoms.oblique_direction(20.0, flip_x=True),

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from UNetSegmentationLib import __version__
-from UNetSegmentationLib.process import PACKAGE_ROOT, BackgroundProcess
+from unetseg import __version__
+from unetseg.jobs.process import PACKAGE_ROOT, BackgroundProcess
 
 NO_PYTHONPATH = {"PYTHONPATH": ""}
 
@@ -55,7 +55,7 @@ def test_child_finds_the_package_from_an_unrelated_folder_without_an_install(bar
 def test_without_the_package_folder_on_the_path_the_bare_python_fails(bare_python, tmp_path):
     proc = BackgroundProcess(["--version"], python=bare_python, pythonpath=[], env=NO_PYTHONPATH, cwd=tmp_path)
     assert proc.start().wait(60) != 0
-    assert "No module named UNetSegmentationLib" in proc.stderr
+    assert "No module named unetseg" in proc.stderr
 
 
 def test_events_arrive_in_order_with_stderr_and_exit_code(tmp_path):
@@ -64,7 +64,7 @@ def test_events_arrive_in_order_with_stderr_and_exit_code(tmp_path):
         "fakejob",
         """
         import sys
-        from UNetSegmentationLib.progress import ProgressEmitter
+        from unetseg.jobs.progress import ProgressEmitter
         emit = ProgressEmitter()
         emit(0.5, "window", "half way")
         print("a plain line", flush=True)
@@ -112,7 +112,7 @@ def test_cancel_kills_the_child_and_its_grandchild(tmp_path):
         "spawner",
         """
         import subprocess, sys, time
-        from UNetSegmentationLib.progress import ProgressEmitter
+        from unetseg.jobs.progress import ProgressEmitter
         grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
         ProgressEmitter().result(grandchild=grandchild.pid)
         time.sleep(120)
@@ -133,7 +133,7 @@ def test_cancel_kills_the_child_and_its_grandchild(tmp_path):
 
 def test_a_process_starts_once_and_puts_its_paths_first(tmp_path):
     proc = BackgroundProcess(["--version"], pythonpath=[tmp_path], env={"PYTHONPATH": "/elsewhere"})
-    assert proc.command == [sys.executable, "-m", "UNetSegmentationLib", "--version"]
+    assert proc.command == [sys.executable, "-m", "unetseg", "--version"]
     assert proc.child_env()["PYTHONPATH"].split(os.pathsep) == [str(tmp_path), "/elsewhere"]
     assert BackgroundProcess([]).child_env()["PYTHONPATH"].split(os.pathsep)[0] == str(PACKAGE_ROOT)
     proc.start().wait(60)

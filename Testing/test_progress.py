@@ -4,7 +4,7 @@ import io
 import json
 from pathlib import Path
 
-from UNetSegmentationLib.progress import ProgressEmitter, parse_progress_line
+from unetseg.jobs.progress import ProgressEmitter, parse_progress_line
 
 
 def _lines(stream: io.StringIO) -> list[str]:

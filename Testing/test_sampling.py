@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from UNetSegmentationLib.datasets import PreprocessedCase
-from UNetSegmentationLib.sampling import SamplingConfig, patch_loader, worker_context
+from unetseg.training.datasets import PreprocessedCase
+from unetseg.training.sampling import SamplingConfig, patch_loader, worker_context
 
 
 def _batches(num_workers: int) -> list[tuple[np.ndarray, np.ndarray]]:

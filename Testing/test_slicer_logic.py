@@ -15,15 +15,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from UNetSegmentationLib import phantoms
-from UNetSegmentationLib.image import Image, Label
-from UNetSegmentationLib.process import PACKAGE_ROOT, BackgroundProcess
+from unetseg import phantoms
+from unetseg.image import Image, Label
+from unetseg.jobs.process import PACKAGE_ROOT, BackgroundProcess
 
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 import vtk  # noqa: E402  (slicer-core's vtk)
 
-from UNetSegmentationLib import slicer_logic  # noqa: E402  (needs slicer)
-from UNetSegmentationLib.slicer_logic import UNetSegmentationLogic  # noqa: E402
+from UNetSegmentationLib import logic as slicer_logic  # noqa: E402  (needs slicer)
+from UNetSegmentationLib.logic import UNetSegmentationLogic  # noqa: E402
 
 TESTING_DIR = Path(__file__).resolve().parent
 CT_SHAPE = (12, 32, 28)  # the smallest CT phantom in which every label is present

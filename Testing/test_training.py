@@ -11,16 +11,16 @@ import pytest
 import torch
 from torch_threads import one_thread  # noqa: F401  (autouse: torch on one thread)
 
-from UNetSegmentationLib.checkpoints import LAST, load_checkpoint
-from UNetSegmentationLib.cli import main
-from UNetSegmentationLib.datasets import DatasetError, write_nnunet_dataset
-from UNetSegmentationLib.inference import segment
-from UNetSegmentationLib.metrics import dice
-from UNetSegmentationLib.package import build_model, load_package, load_state_dict
-from UNetSegmentationLib.phantoms import XRAY_LABELS, xray_phantom
-from UNetSegmentationLib.planning import load_plan
-from UNetSegmentationLib.progress import ProgressEmitter, parse_progress_line
-from UNetSegmentationLib.training import TrainingCancelled, train
+from unetseg.cli import main
+from unetseg.evaluation.metrics import dice
+from unetseg.inference.predictor import segment
+from unetseg.jobs.progress import ProgressEmitter, parse_progress_line
+from unetseg.models.package import build_model, load_package, load_state_dict
+from unetseg.phantoms import XRAY_LABELS, xray_phantom
+from unetseg.training.checkpoints import LAST, load_checkpoint
+from unetseg.training.datasets import DatasetError, write_nnunet_dataset
+from unetseg.training.planning import load_plan
+from unetseg.training.trainer import TrainingCancelled, train
 
 # A 64×56 radiograph phantom at 1.4 mm: two lung fields, 4 cases (one becomes the validation case).
 XRAY_SHAPE, XRAY_SPACING = (64, 56), (1.4, 1.4)

@@ -7,7 +7,9 @@ import json
 import pytest
 from tiny_models import write_tiny_package
 
-from UNetSegmentationLib import catalog, cli, variant_figures
+from unetseg import cli
+from unetseg.evaluation import variant_figures
+from unetseg.models import catalog
 
 
 def _results(synthetic: bool = False) -> dict:

@@ -47,7 +47,7 @@ def tiny_state_dict(network: dict | None = None, seed: int = 0) -> dict:
     """The state dict of a freshly built network (real factory), deterministic by seed."""
     import torch
 
-    from UNetSegmentationLib.networks import build_network
+    from unetseg.networks.factory import build_network
 
     torch.manual_seed(seed)
     return build_network(network or TINY_NETWORK).state_dict()
@@ -55,7 +55,7 @@ def tiny_state_dict(network: dict | None = None, seed: int = 0) -> dict:
 
 def write_tiny_package(folder: Path, name: str = "tiny-ct", seed: int = 0, **overrides):
     """Save a tiny package with real weights into ``folder``; returns the ModelPackage."""
-    from UNetSegmentationLib.package import save_package
+    from unetseg.models.package import save_package
 
     manifest = tiny_manifest(name, **overrides)
     return save_package(folder, manifest, tiny_state_dict(manifest["network"], seed))

@@ -24,11 +24,11 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from unetseg.evaluation.variant_figures import variant_summary
+from unetseg.modality import MODALITY_TITLES
+from unetseg.samples import load_samples, sample_path
 from UNetSegmentationLib.dependencies import DependencyInstaller
-from UNetSegmentationLib.modality import MODALITY_TITLES
-from UNetSegmentationLib.sample_data import load_samples, sample_path
-from UNetSegmentationLib.slicer_logic import UNetSegmentationLogic
-from UNetSegmentationLib.variant_figures import variant_summary
+from UNetSegmentationLib.logic import UNetSegmentationLogic
 
 __all__ = ["UNetSegmentation", "UNetSegmentationLogic", "UNetSegmentationTest", "UNetSegmentationWidget"]
 

@@ -103,8 +103,8 @@ def write_dataset(folder: Path, bundle: Bundle, train: list[Case], heldout: list
     Replaces `folder`; the extra dataset.json keys (licence, label colours and terminology, how the held-out
     cases were made) are ignored by nnU-Net and read by `bundled_models.py`.
     """
-    from UNetSegmentationLib.datasets import ensure_valid, write_nnunet_dataset
-    from UNetSegmentationLib.image import Image
+    from unetseg.image import Image
+    from unetseg.training.datasets import ensure_valid, write_nnunet_dataset
 
     if folder.exists():
         shutil.rmtree(folder)

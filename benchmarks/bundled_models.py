@@ -90,7 +90,7 @@ def run_training(cmd: list[str], log: Path) -> tuple[float, float]:
     start = time.perf_counter()
     with log.open("w", encoding="utf-8") as out:
         args = cmd[cmd.index("unetseg") + 1:]
-        proc = subprocess.run([sys.executable, "-m", "UNetSegmentationLib", *args], stdout=out,
+        proc = subprocess.run([sys.executable, "-m", "unetseg", *args], stdout=out,
                               stderr=subprocess.STDOUT, check=False, env={**os.environ, **TRAIN_ENV})
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -160,7 +160,7 @@ def card(trained, spec: ModelSpec, folder: Path, command: str, cpu_s: float, wal
 def choose_precision(trained, manifest: dict, spec: ModelSpec, folder: Path, data_root: Path, shared: Path,
                      work: Path):
     """Save fp32 and fp16 versions and measure both; fp16 unless it loses accuracy. Returns (metrics, half, state)."""
-    from UNetSegmentationLib.package import load_state_dict, save_package
+    from unetseg.models.package import load_state_dict, save_package
 
     state = load_state_dict(trained)
     packages = {}
@@ -177,7 +177,7 @@ def choose_precision(trained, manifest: dict, spec: ModelSpec, folder: Path, dat
 
 def bundle_model(spec: ModelSpec, data_root: Path, shared: Path, budget_scale: float, log_dir: Path) -> Path:
     """Train, measure and write one bundled model; returns its package folder in the repository."""
-    from UNetSegmentationLib.package import load_package, save_package
+    from unetseg.models.package import load_package, save_package
 
     folder = bundled_datasets.build(spec.name, shared, data_root)
     minutes = round(spec.minutes * budget_scale, 2)
@@ -204,7 +204,7 @@ def bundle_model(spec: ModelSpec, data_root: Path, shared: Path, budget_scale: f
 
 def recard(spec: ModelSpec, data_root: Path, shared: Path) -> Path:
     """Re-measure a bundled package with the spec's inference settings, keeping its weights and provenance."""
-    from UNetSegmentationLib.package import load_package, load_state_dict, save_package
+    from unetseg.models.package import load_package, load_state_dict, save_package
 
     target = model_cards.MODELS_DIR / spec.name
     pkg = load_package(target)

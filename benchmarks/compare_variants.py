@@ -2,7 +2,7 @@
 
 For each setting (BraTS sample 3D, ISBI 2012 EM 2D; or small synthetic phantoms with ``--synthetic``) and each
 variant (unet, vnet in 3D only, unetpp, attention_unet, nnunet), train with the project's trainer
-(`UNetSegmentationLib.training.train`) for the same wall-clock budget, on the same plan (target spacing,
+(`unetseg.training.trainer.train`) for the same wall-clock budget, on the same plan (target spacing,
 normalisation, patch — rounded up to each network's total stride — batch size, augmentation, loss Dice+CE, SGD),
 with every network starting from the same number of features at full resolution; then segment the held-out
 cases with the project's predictor (`inference.segment`) and score them with `metrics.compute_metrics`.
@@ -118,8 +118,8 @@ def load_setting(key: str, args: argparse.Namespace) -> variant_settings.Setting
 
 def write_folders(setting: variant_settings.Setting, folder: Path, args: argparse.Namespace) -> tuple[Path, Path]:
     """The nnU-Net folder (training + evaluation cases) and the plans made from the training cases only."""
-    from UNetSegmentationLib.datasets import write_nnunet_dataset
-    from UNetSegmentationLib.planning import compute_fingerprint, plan_experiment, save_plans
+    from unetseg.training.datasets import write_nnunet_dataset
+    from unetseg.training.planning import compute_fingerprint, plan_experiment, save_plans
 
     saved_plans = args.resume and (folder / "plans.json").is_file()
     if saved_plans and (folder / "dataset" / "dataset.json").is_file():

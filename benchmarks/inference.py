@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from UNetSegmentationLib.image import Label
-from UNetSegmentationLib.phantoms import CT_LABELS, ct_phantom
-from UNetSegmentationLib.windows import count_windows
+from unetseg.image import Label
+from unetseg.inference.windows import count_windows
+from unetseg.phantoms import CT_LABELS, ct_phantom
 
 PHANTOM = {"shape": (200, 256, 256), "spacing": (0.8, 0.8, 2.0)}  # (z, y, x) voxels; (x, y, z) mm
 LARGE_PHANTOM = {"shape": (400, 512, 512), "spacing": (0.8, 0.8, 2.0)}
@@ -63,8 +63,8 @@ def make_model(folder: Path, labels: list[Label], filters: list[int] | None = No
     ``iterations`` steps on another phantom so that its outputs are confident."""
     import torch
 
-    from UNetSegmentationLib.networks import build_network
-    from UNetSegmentationLib.package import save_package
+    from unetseg.models.package import save_package
+    from unetseg.networks.factory import build_network
 
     network = {**NNUNET, "num_classes": len(labels) + 1, **({"filters": filters} if filters else {})}
     manifest = {
@@ -92,8 +92,8 @@ def fit_to_phantom(model, iterations: int, patch: tuple[int, int, int] = (32, 64
     """
     import torch
 
-    from UNetSegmentationLib.losses import build_loss
-    from UNetSegmentationLib.preprocessing import normalize, reorient
+    from unetseg.inference.preprocessing import normalize, reorient
+    from unetseg.training.losses import build_loss
 
     target_zyx = tuple(reversed(TARGET_SPACING))
     source_zyx = tuple(reversed(PHANTOM["spacing"]))
@@ -137,7 +137,7 @@ def monai_reference(image_path: str, model: str, out_dir: str) -> None:
         Spacingd,
     )
 
-    from UNetSegmentationLib.package import build_model, load_package
+    from unetseg.models.package import build_model, load_package
 
     package = load_package(model)
     network = build_model(package, "cpu")
@@ -196,7 +196,7 @@ def measure(log: str, command: list[str]) -> int:
 
 
 def predict_command(image: Path, model: Path, out: Path, backend: str) -> list[str]:
-    return [sys.executable, "-m", "UNetSegmentationLib", "predict", "-i", str(image), "-m", str(model),
+    return [sys.executable, "-m", "unetseg", "predict", "-i", str(image), "-m", str(model),
             "-o", str(out), "--device", "cpu", "--backend", backend]  # fmt: skip
 
 
@@ -219,9 +219,9 @@ def dice_between(a_path: Path, b_path: Path, values: list[int]) -> float:
 
 def our_windows(image_path: Path, model: Path) -> int:
     """The windows our predictor runs on this image (after the body crop), counted as it counts them."""
-    from UNetSegmentationLib import inference
-    from UNetSegmentationLib.io import read_image
-    from UNetSegmentationLib.package import load_package
+    from unetseg.inference import predictor as inference
+    from unetseg.io import read_image
+    from unetseg.models.package import load_package
 
     package = load_package(model)
     settings = inference.window_settings(package, "cpu", None, None)
@@ -235,8 +235,8 @@ def our_windows(image_path: Path, model: Path) -> int:
 
 def speed_comparison(work: Path, image: Path, model: Path) -> None:
     """Run the three contenders on `image` with `model`; print times, peak RSS, windows and agreement."""
-    from UNetSegmentationLib.onnx_backend import export_onnx
-    from UNetSegmentationLib.package import load_package
+    from unetseg.inference.onnx_backend import export_onnx
+    from unetseg.models.package import load_package
 
     package = load_package(model)
     if not package.onnx_path.exists() or package.onnx_path.stat().st_mtime < package.weights_path.stat().st_mtime:

@@ -50,15 +50,15 @@ def case_pairs(cases: list[dict], data_root: Path, shared_data: Path) -> list[tu
 
 def dice_by_name(pred: np.ndarray, ref: np.ndarray, labels: dict[str, int]) -> dict[str, float]:
     """Dice per label name; the prediction and the reference use the model's label values."""
-    from UNetSegmentationLib.metrics import dice
+    from unetseg.evaluation.metrics import dice
 
     return {name: dice(pred == value, ref == value) for name, value in labels.items()}
 
 
 def evaluate(package, pairs: list[tuple[list[Path], Path]], names: list[str]) -> dict[str, float]:
     """Mean (over cases) Dice of each named label of `package` on the image/reference pairs, on the CPU."""
-    from UNetSegmentationLib.inference import segment
-    from UNetSegmentationLib.io import read_image, read_label_image
+    from unetseg.inference.predictor import segment
+    from unetseg.io import read_image, read_label_image
 
     values = {label.name: label.value for label in package.labels}
     unknown = [n for n in names if n not in values]
@@ -93,7 +93,7 @@ def metric_entry(description: str, dice: dict[str, float], *, cases: list[dict] 
 
 def bundled_packages() -> list:
     """The bundled model packages (folders under Resources/Models), loaded and validated."""
-    from UNetSegmentationLib.package import load_package
+    from unetseg.models.package import load_package
 
     if not MODELS_DIR.is_dir():
         return []

@@ -76,9 +76,9 @@ def isbi_dataset(data: Path, work: Path) -> tuple[Path, list[str], list[tuple[Pa
 
 def evaluate_isbi(package: Path, heldout: list[tuple[Path, np.ndarray]]) -> dict:
     """Pixel error and membrane Dice over the held-out sections (pooled pixels), plus per-section Dice."""
-    from UNetSegmentationLib.inference import segment
-    from UNetSegmentationLib.io import read_image
-    from UNetSegmentationLib.metrics import dice
+    from unetseg.evaluation.metrics import dice
+    from unetseg.inference.predictor import segment
+    from unetseg.io import read_image
 
     wrong, total, inter, sizes, per_section = 0, 0, 0, 0, []
     for path, membrane in heldout:
@@ -125,9 +125,9 @@ def brats_dataset(data: Path, work: Path) -> tuple[Path, list[str], dict[str, tu
 
 def evaluate_brats(package: Path, validation: dict[str, tuple[list[Path], Path]]) -> dict:
     """Dice of the BraTS regions per validation case and their mean."""
-    from UNetSegmentationLib.inference import segment
-    from UNetSegmentationLib.io import read_image, read_label_image
-    from UNetSegmentationLib.metrics import dice
+    from unetseg.evaluation.metrics import dice
+    from unetseg.inference.predictor import segment
+    from unetseg.io import read_image, read_label_image
 
     per_case = {}
     for name, (images, label) in validation.items():
@@ -144,7 +144,7 @@ def evaluate_brats(package: Path, validation: dict[str, tuple[list[Path], Path]]
 
 def run_task(name: str, dataset: Path, out: Path, minutes: float, options: dict, cache: Path) -> tuple[Path, dict]:
     """Train one task under its time budget; return the package folder and timing figures."""
-    from UNetSegmentationLib.training import print_progress, train
+    from unetseg.training.trainer import print_progress, train
 
     if out.exists():
         shutil.rmtree(out)

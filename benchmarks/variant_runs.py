@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 CURVE_POINTS = 300  # training-curve events kept per run
-PRELOAD = ["torch", "monai", "UNetSegmentationLib.training", "UNetSegmentationLib.inference"]  # for the fork server
+PRELOAD = ["torch", "monai", "unetseg.training.trainer", "unetseg.inference.predictor"]  # for the fork server
 
 
 @dataclass
@@ -50,7 +50,7 @@ def run_job(job: Job) -> dict:
     """Train, evaluate, and return the run's record (losses/Dice curve, timings, memory, per-case metrics)."""
     import torch
 
-    from UNetSegmentationLib import training
+    from unetseg.training import trainer as training
 
     curve: list[dict] = []
     start = time.perf_counter()
@@ -91,15 +91,15 @@ def run_job(job: Job) -> dict:
 
 def parameter_count(network_config: dict) -> int:
     """Trainable parameters of the network a manifest describes."""
-    from UNetSegmentationLib.networks import build_network
+    from unetseg.networks.factory import build_network
 
     return int(sum(p.numel() for p in build_network(network_config).parameters() if p.requires_grad))
 
 
 def evaluate(package, job: Job) -> list[dict]:
     """Segment each evaluation case, save the label map, and score every region with `metrics.compute_metrics`."""
-    from UNetSegmentationLib.datasets import load_dataset, read_case
-    from UNetSegmentationLib.inference import segment
+    from unetseg.inference.predictor import segment
+    from unetseg.training.datasets import load_dataset, read_case
 
     dataset = load_dataset(job.dataset)
     by_name = {case.name: case for case in dataset.cases}
@@ -130,7 +130,7 @@ def source_values(package) -> np.ndarray:
 def score(pred: np.ndarray, ref: np.ndarray, spacing_zyx: tuple[float, ...], regions: dict[str, list[int]],
           pixel_error_region: str | None) -> dict:
     """Dice and HD95 of every region (a union of label values), and the pixel error of one region."""
-    from UNetSegmentationLib.metrics import compute_metrics
+    from unetseg.evaluation.metrics import compute_metrics
 
     out: dict = {"regions": {}}
     for region, values in regions.items():

@@ -5,7 +5,7 @@
   training fits a CPU budget; reported as the BraTS regions whole tumour, tumour core and enhancing tumour.
 - ``isbi``: the ISBI 2012 EM membranes (2D, the original U-Net task), trained on sections 0-19 and evaluated on
   20-24; the PNG value 0 is membrane and becomes label 1; reported as membrane Dice and pixel error.
-- ``synthetic_3d`` / ``synthetic_2d``: small MRI and X-ray phantoms (`UNetSegmentationLib.phantoms`) for the CI
+- ``synthetic_3d`` / ``synthetic_2d``: small MRI and X-ray phantoms (`unetseg.phantoms`) for the CI
   test, so the whole comparison runs in seconds without real data.
 """
 
@@ -98,8 +98,8 @@ def brats(data_root: Path, spacing_mm: float = BRATS_SPACING_MM) -> Setting:
 
 
 def _brats_case(case_dir: Path, spacing_mm: float) -> CaseData:
-    from UNetSegmentationLib import io
-    from UNetSegmentationLib.preprocessing import resample_image, resample_labels
+    from unetseg import io
+    from unetseg.inference.preprocessing import resample_image, resample_labels
 
     target = (spacing_mm,) * 3
     images = [resample_image(io.read_image(case_dir / f), target, "linear") for f in BRATS_CHANNELS.values()]
@@ -145,7 +145,7 @@ def isbi(data_root: Path, n_train: int = ISBI_TRAIN) -> Setting:
 
 
 def _isbi_case(image_path: Path, label_path: Path) -> CaseData:
-    from UNetSegmentationLib.image import Image
+    from unetseg.image import Image
 
     image = Image.from_sitk(sitk.Cast(sitk.ReadImage(str(image_path)), sitk.sitkFloat32))
     membrane = (sitk.GetArrayFromImage(sitk.ReadImage(str(label_path))) == 0).astype(np.uint8)
@@ -157,7 +157,7 @@ def _isbi_case(image_path: Path, label_path: Path) -> CaseData:
 
 def synthetic_3d(n_train: int = 4, n_eval: int = 2) -> Setting:
     """Small two-sequence MRI phantoms (lesion, ventricle) for the CI test."""
-    from UNetSegmentationLib.phantoms import MRI_LABELS, mri_phantom
+    from unetseg.phantoms import MRI_LABELS, mri_phantom
 
     def case(seed: int) -> CaseData:
         images, label = mri_phantom(shape=(16, 32, 28), spacing=(2.4, 2.4, 4.0), seed=seed)
@@ -169,7 +169,7 @@ def synthetic_3d(n_train: int = 4, n_eval: int = 2) -> Setting:
 
 def synthetic_2d(n_train: int = 4, n_eval: int = 2) -> Setting:
     """Small X-ray phantoms (two lungs) for the CI test; pixel error of both lungs, as for ISBI's membranes."""
-    from UNetSegmentationLib.phantoms import XRAY_LABELS, xray_phantom
+    from unetseg.phantoms import XRAY_LABELS, xray_phantom
 
     def case(seed: int) -> CaseData:
         image, label = xray_phantom(shape=(64, 56), spacing=(1.4, 1.4), seed=seed)
@@ -189,7 +189,7 @@ def _synthetic(key: str, title: str, dims: int, channels: list[str], labels: dic
         regions={name: (value,) for value, name in labels.items()},
         train=[make(seed) for seed in range(n_train)],
         evaluate=[make(seed) for seed in range(n_train, n_train + n_eval)],
-        source="UNetSegmentationLib.phantoms (synthetic, deterministic by seed)",
+        source="unetseg.phantoms (synthetic, deterministic by seed)",
         preparation=f"phantom seeds 0-{n_train - 1} train, {n_train}-{n_train + n_eval - 1} evaluate",
         anchors=["synthetic check of the pipeline: no published figure applies"],
         iterations_per_epoch=5,

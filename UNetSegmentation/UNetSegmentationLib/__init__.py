@@ -1,7 +1,4 @@
-"""Headless core of the UNetSegmentation Slicer extension.
+"""The Slicer side of the extension: the logic (console API), scene I/O, segment import, the panel.
 
-Importing this package is cheap: it loads neither torch nor MONAI. Each submodule imports its heavy
-dependencies itself, so the Slicer module can import the package at start-up.
+It imports the headless core (`unetseg`); the core never imports it.
 """
-
-__version__ = "0.1.0"

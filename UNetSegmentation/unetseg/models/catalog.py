@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .package import (
+from unetseg.models.package import (
     DEFAULT_WEIGHTS,
     MANIFEST_FILE,
     MAX_UNPACKED_BYTES,
@@ -45,7 +45,7 @@ MODALITY_ALIASES = {
 
 def bundled_models_dir() -> Path:
     """``UNetSegmentation/Resources/Models``, found relative to this package (works installed or in Slicer)."""
-    return Path(__file__).resolve().parents[1] / "Resources" / "Models"
+    return Path(__file__).resolve().parents[2] / "Resources" / "Models"
 
 
 def user_data_dir() -> Path:

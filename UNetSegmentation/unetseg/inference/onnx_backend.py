@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .linear_resampling import argmax_on_grid, resample_linear
-from .windows import WindowSettings, count_windows, sliding_window
+from unetseg.inference.linear_resampling import argmax_on_grid, resample_linear
+from unetseg.inference.windows import WindowSettings, count_windows, sliding_window
 
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 # Largest |torch − onnxruntime| logit difference accepted right after an export, relative to the largest logit.
@@ -32,9 +32,9 @@ def export_onnx(model: Any) -> Path:
     import torch
     from torch.export import Dim
 
-    from .inference import load_model
-    from .io import atomic_write
-    from .package import build_model
+    from unetseg.inference.predictor import load_model
+    from unetseg.io import atomic_write
+    from unetseg.models.package import build_model
 
     package = load_model(model)
     target = package.onnx_path

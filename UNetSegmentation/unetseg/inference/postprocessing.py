@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import SimpleITK as sitk
 
-from .preprocessing import nonzero_bbox
+from unetseg.inference.preprocessing import nonzero_bbox
 
 if TYPE_CHECKING:
     import torch
@@ -120,7 +120,7 @@ def postprocess(
                 "The CRF step refines class probabilities: pass `probabilities` and `image` on the label grid, "
                 "or call dense_crf before the arg-max."
             )
-        from .crf import dense_crf
+        from unetseg.inference.crf import dense_crf
 
         refined = dense_crf(probabilities, image, spacing).argmax(0).cpu().numpy()
         out = refined.reshape(labels.shape).astype(labels.dtype)

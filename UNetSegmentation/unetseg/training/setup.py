@@ -23,12 +23,12 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
-from .datasets import Dataset, PreprocessedCase, ensure_valid, load_dataset, preprocess_dataset
-from .io import read_image
-from .networks import VARIANTS, check_patch_size, normalize_config, total_stride
-from .package import ModelPackage, fit_problems, load_state_dict
-from .planning import Plan, compute_fingerprint, load_plan, plan_experiment
-from .terminology import default_color, default_terminology
+from unetseg.io import read_image
+from unetseg.io.terminology import default_color, default_terminology
+from unetseg.models.package import ModelPackage, fit_problems, load_state_dict
+from unetseg.networks.factory import VARIANTS, check_patch_size, normalize_config, total_stride
+from unetseg.training.datasets import Dataset, PreprocessedCase, ensure_valid, load_dataset, preprocess_dataset
+from unetseg.training.planning import Plan, compute_fingerprint, load_plan, plan_experiment
 
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda", "mps")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from .datasets import Dataset
+    from unetseg.training.datasets import Dataset
 
 # nnU-Net v2 constants (configuration.py and ExperimentPlanner.__init__).
 ANISO_THRESHOLD = 3.0
@@ -247,7 +247,7 @@ def compute_fingerprint(
     dataset: Dataset, max_foreground_samples: int = DEFAULT_FOREGROUND_SAMPLES, seed: int = 1234
 ) -> Fingerprint:
     """Read every case once and summarise spacings, cropped shapes, foreground intensities and class sizes."""
-    from .datasets import load_cropped_case
+    from unetseg.training.datasets import load_cropped_case
 
     if not dataset.cases:
         raise ValueError("The dataset has no cases; add training cases before planning.")
@@ -538,7 +538,7 @@ def load_plan(path: str | Path, configuration: str | None = None) -> Plan:
 
 def plan_dataset(dataset_path: str | Path, gpu_memory_gb: float = 8.0, out: str | Path | None = None) -> Path:
     """Validate a dataset, fingerprint it, plan all configurations and write ``plans.json``; returns its path."""
-    from .datasets import ensure_valid, load_dataset
+    from unetseg.training.datasets import ensure_valid, load_dataset
 
     dataset = load_dataset(dataset_path)
     ensure_valid(dataset)

@@ -23,7 +23,7 @@ from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from .image import Label
+from unetseg.image import Label
 
 if TYPE_CHECKING:
     import torch
@@ -466,7 +466,7 @@ def _unwrap_prefixes(state: dict) -> dict:
 
 def build_model(pkg: ModelPackage, device: str = "cpu") -> nn.Module:
     """The package's network with its weights loaded (strictly), in eval mode on ``device``."""
-    from .networks import build_network
+    from unetseg.networks.factory import build_network
 
     network = build_network(pkg.network_config)
     state = load_state_dict(pkg)
@@ -511,7 +511,7 @@ def save_package(folder: str | os.PathLike, manifest: dict, state_dict: dict, ha
     import torch
     from safetensors.torch import save_file
 
-    from .io import atomic_write
+    from unetseg.io import atomic_write
 
     manifest = json.loads(json.dumps({"format": FORMAT, "weights": DEFAULT_WEIGHTS, **manifest}, default=_jsonable))
     validate_manifest(manifest)

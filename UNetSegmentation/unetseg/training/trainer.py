@@ -13,7 +13,7 @@ each written atomically so a crash or a cancel leaves the previous one intact; `
 from ``checkpoint_last.pt``. Patches are seeded by their position in the run, so a resumed run trains on
 the very patches an uninterrupted one would, and a fixed seed reproduces a CPU run exactly.
 
-Many GPUs: run under ``torchrun --nproc_per_node N -m UNetSegmentationLib train …``; the ``RANK`` and
+Many GPUs: run under ``torchrun --nproc_per_node N -m unetseg train …``; the ``RANK`` and
 ``WORLD_SIZE`` variables switch on DistributedDataParallel (NCCL on CUDA, gloo on CPU). Each rank computes
 its share of every global batch; rank 0 validates, logs and writes checkpoints and the package.
 """
@@ -43,16 +43,24 @@ from monai.inferers import sliding_window_inference
 from torch import distributed as dist
 from torch import nn
 
-from . import __version__
-from .checkpoints import BEST, LAST, load_checkpoint, plain, restore_rng_state, rng_state, save_checkpoint
-from .datasets import Dataset, PreprocessedCase
-from .losses import build_loss
-from .metrics import compute_metrics, dice
-from .networks import build_network
-from .package import ModelPackage, load_package, save_package
-from .planning import Plan, save_plans
-from .sampling import SamplingConfig, patch_loader
-from .training_setup import (
+from unetseg import __version__
+from unetseg.evaluation.metrics import compute_metrics, dice
+from unetseg.models.package import ModelPackage, load_package, save_package
+from unetseg.networks.factory import build_network
+from unetseg.training.checkpoints import (
+    BEST,
+    LAST,
+    load_checkpoint,
+    plain,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+)
+from unetseg.training.datasets import Dataset, PreprocessedCase
+from unetseg.training.losses import build_loss
+from unetseg.training.planning import Plan, save_plans
+from unetseg.training.sampling import SamplingConfig, patch_loader
+from unetseg.training.setup import (
     DistContext,
     Setup,
     TrainOptions,
@@ -404,7 +412,7 @@ def manifest(setup: Setup, opts: TrainOptions, state: RunState, metrics: dict, o
             "licence": str(info.get("licence") or info.get("license") or "unknown"),
             "cases": len(setup.dataset.cases),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-            "command": command or "UNetSegmentationLib.training.train",
+            "command": command or "unetseg.training.trainer.train",
             "cpu_time_s": round(state.cpu_seconds, 1),
             "wall_time_s": round(state.train_seconds, 1),
             "metrics": metrics,
@@ -553,9 +561,9 @@ def cancel_on_signals() -> Iterator[threading.Event]:
 
 def run_train_command(args: dict, argv: Sequence[str]) -> int:
     """`unetseg train`: run `train` with the parsed arguments; report errors (exit 2) and a cancel (exit 130)."""
-    from .datasets import DatasetError
-    from .package import PackageError
-    from .progress import ProgressEmitter
+    from unetseg.jobs.progress import ProgressEmitter
+    from unetseg.models.package import PackageError
+    from unetseg.training.datasets import DatasetError
 
     emitter = ProgressEmitter() if args.get("progress") == "json" else None
     known = {f.name for f in dataclasses.fields(TrainOptions)}

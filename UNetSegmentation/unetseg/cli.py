@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from . import __version__
+from unetseg import __version__
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -22,7 +22,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from unetseg.demo import run_demo
 
     return run_demo(args.out)
 
@@ -36,8 +36,8 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_plan(args: argparse.Namespace) -> int:
-    from .datasets import DatasetError
-    from .planning import load_plans, plan_dataset
+    from unetseg.training.datasets import DatasetError
+    from unetseg.training.planning import load_plans, plan_dataset
 
     try:
         path = plan_dataset(args.dataset, args.gpu_memory_gb, args.out)
@@ -64,8 +64,8 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_models(args: argparse.Namespace) -> int:
-    from .catalog import Catalog
-    from .variant_figures import figures_listing
+    from unetseg.evaluation.variant_figures import figures_listing
+    from unetseg.models.catalog import Catalog
 
     catalog = Catalog()
     print(catalog.listing(args.modality, args.variant, args.details))
@@ -75,8 +75,8 @@ def _run_models(args: argparse.Namespace) -> int:
 
 
 def _run_models_import(args: argparse.Namespace) -> int:
-    from .catalog import Catalog
-    from .package import PackageError
+    from unetseg.models.catalog import Catalog
+    from unetseg.models.package import PackageError
 
     catalog = Catalog()
     try:
@@ -113,7 +113,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from .predict_job import run_predict
+    from unetseg.jobs.predict import run_predict
 
     return run_predict(args.input, args.model, args.output, args.device, args.tta, args.postprocess,
                        args.backend, args.progress == "json")  # fmt: skip
@@ -126,8 +126,8 @@ def _add_export_onnx(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_export_onnx(args: argparse.Namespace) -> int:
-    from .onnx_backend import export_onnx
-    from .package import PackageError
+    from unetseg.inference.onnx_backend import export_onnx
+    from unetseg.models.package import PackageError
 
     try:
         path = export_onnx(args.model)
@@ -181,7 +181,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from .training import run_train_command
+    from unetseg.training.trainer import run_train_command
 
     return run_train_command(vars(args), args.argv)
 
@@ -195,7 +195,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import run_evaluate_command
+    from unetseg.evaluation.report import run_evaluate_command
 
     return run_evaluate_command(args.pred_dir, args.ref_dir, args.out)
 
@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `unetseg` and `python -m UNetSegmentationLib`; returns the exit code."""
+    """Entry point of `unetseg` and `python -m unetseg`; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for provenance (the training command)

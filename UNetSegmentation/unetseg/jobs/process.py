@@ -1,4 +1,4 @@
-"""Run `python -m UNetSegmentationLib …` in a background process the GUI can poll and cancel.
+"""Run `python -m unetseg …` in a background process the GUI can poll and cancel.
 
 Plain Python (subprocess plus reader threads, no Qt), so the Slicer panel polls it from a QTimer, the
 logic's blocking mode waits on it, and headless tests drive it the same way. Inside Slicer the core is
@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 from typing import IO
 
-from .progress import parse_progress_line
+from unetseg.jobs.progress import parse_progress_line
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-"""The folder that holds the ``UNetSegmentationLib`` package (the Slicer module's folder)."""
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+"""The folder that holds the ``unetseg`` package (the Slicer module's folder)."""
 
 _STDERR_LINES_KEPT = 2000
 
@@ -45,7 +45,7 @@ class BackgroundProcess:
         pythonpath: list[str] | None = None,
         env: dict[str, str] | None = None,
         cwd: str | os.PathLike | None = None,
-        module: str = "UNetSegmentationLib",
+        module: str = "unetseg",
     ) -> None:
         self.args = [str(a) for a in args]
         self.python = str(python)

@@ -31,9 +31,10 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from . import io, preprocessing
-from .image import Image
-from .planning import Plan
+from unetseg import io
+from unetseg.image import Image
+from unetseg.inference import preprocessing
+from unetseg.training.planning import Plan
 
 CACHE_VERSION = 1
 MAX_LOCATIONS_PER_CLASS = 10_000

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .io import atomic_write
+from unetseg.io import atomic_write
 
 CHECKPOINT_FORMAT = "unetseg-checkpoint/1"
 LAST = "checkpoint_last.pt"

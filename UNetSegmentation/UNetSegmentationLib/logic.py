@@ -10,7 +10,7 @@ Imports `slicer` and `vtk`, never `qt`: headless tests run it on slicer-core's r
 
 Example (Slicer's Python console)::
 
-    from UNetSegmentationLib.slicer_logic import UNetSegmentationLogic
+    from UNetSegmentationLib.logic import UNetSegmentationLogic
     logic = UNetSegmentationLogic()
     print(logic.availableModels(modality="CT"))
     segmentation = logic.segment(slicer.util.getNode("CTChest"), model="...", device="auto")
@@ -34,9 +34,9 @@ import numpy as np
 import slicer
 import vtk
 
-from .image import Label
-from .modality import ModalityGuess, guess_modality
-from .process import BackgroundProcess
+from unetseg.image import Label
+from unetseg.jobs.process import BackgroundProcess
+from unetseg.modality import ModalityGuess, guess_modality
 
 MODULE_NAME = "UNetSegmentation"
 DEVICES = ("auto", "cuda", "mps", "cpu")
@@ -179,7 +179,7 @@ class UNetSegmentationLogic:
     def catalog(self) -> Any:
         """The model catalog (bundled and user models)."""
         if self._catalog is None:
-            from .catalog import Catalog
+            from unetseg.models.catalog import Catalog
 
             self._catalog = Catalog()
         return self._catalog
@@ -338,7 +338,7 @@ class UNetSegmentationLogic:
         Both are sampled on `referenceVolume`'s grid (default: the reference segmentation's geometry
         volume).
         """
-        from .metrics import compute_metrics
+        from unetseg.evaluation.metrics import compute_metrics
 
         volume = referenceVolume or _geometryVolume(referenceSegmentationNode) or _geometryVolume(segmentationNode)
         if volume is None:

@@ -13,10 +13,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from .inference import SegmentationCancelled, segment
-from .io import LABEL_MAP_SUFFIXES, SEGMENTATION_SUFFIX, atomic_write, read_images, write_label_image
-from .package import PackageError
-from .progress import ProgressEmitter
+from unetseg.inference.predictor import SegmentationCancelled, segment
+from unetseg.io import LABEL_MAP_SUFFIXES, SEGMENTATION_SUFFIX, atomic_write, read_images, write_label_image
+from unetseg.jobs.progress import ProgressEmitter
+from unetseg.models.package import PackageError
 
 # Errors a user can cause (bad input, model or output path); anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, OSError, PackageError, SegmentationCancelled)

@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 FORMAT = "unetseg-variants/2"  # written by benchmarks/variant_report.py
-SHIPPED = Path(__file__).resolve().parents[1] / "Resources" / "variants.json"
-IN_REPOSITORY = Path(__file__).resolve().parents[2] / "docs" / "variants.json"
+SHIPPED = Path(__file__).resolve().parents[2] / "Resources" / "variants.json"
+IN_REPOSITORY = Path(__file__).resolve().parents[3] / "docs" / "variants.json"
 
 
 def results_path() -> Path | None:

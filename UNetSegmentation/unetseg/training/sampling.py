@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .augmentation import build_train_transforms, sampling_size
-from .datasets import PreprocessedCase
+from unetseg.training.augmentation import build_train_transforms, sampling_size
+from unetseg.training.datasets import PreprocessedCase
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .image import Image, LabelImage
-from .sample_data import SAMPLE_DIR, load_samples, sample_path
+from unetseg.image import Image, LabelImage
+from unetseg.samples import SAMPLE_DIR, load_samples, sample_path
 
 
 def _window(array: np.ndarray) -> np.ndarray:
@@ -76,7 +76,7 @@ def _print_card_caveats(provenance: dict, sample_name: str) -> None:
 
 def run_demo(out_dir: str | Path = "demo-output") -> int:
     """Segment the first bundled CT sample with its default model; print Dice and wall time. Returns the exit code."""
-    from .catalog import Catalog
+    from unetseg.models.catalog import Catalog
 
     samples = load_samples(modality="CT")
     if not samples:
@@ -88,9 +88,9 @@ def run_demo(out_dir: str | Path = "demo-output") -> int:
     if model_name is None:
         print("No bundled CT model yet: nothing to segment with. (Bundled models: issue #6.)")
         return 1
-    from .inference import segment
-    from .io import read_image, read_label_image, write_label_image
-    from .metrics import compute_metrics
+    from unetseg.evaluation.metrics import compute_metrics
+    from unetseg.inference.predictor import segment
+    from unetseg.io import read_image, read_label_image, write_label_image
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

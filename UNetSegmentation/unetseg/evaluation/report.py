@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .image import LabelImage
-from .io import atomic_write, read_label_image
-from .metrics import compute_metrics
+from unetseg.evaluation.metrics import compute_metrics
+from unetseg.image import LabelImage
+from unetseg.io import atomic_write, read_label_image
 
 # Longest first, so ".seg.nrrd" wins over ".nrrd".
 EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".tif", ".tiff")

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .image import Image, LabelImage, check_finite, check_same_grid
-from .windows import DEFAULT_OVERLAP, WindowSettings, count_windows
+from unetseg.image import Image, LabelImage, check_finite, check_same_grid
+from unetseg.inference.windows import DEFAULT_OVERLAP, WindowSettings, count_windows
 
 if TYPE_CHECKING:
-    from .package import ModelPackage
+    from unetseg.models.package import ModelPackage
 
 BACKENDS = ("torch", "onnx")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -129,7 +129,7 @@ def segment(
     labels = _predict(inputs, package, settings, backend, run)
     run.check_cancel()
     if options:
-        from .postprocessing import postprocess as run_postprocessing
+        from unetseg.inference.postprocessing import postprocess as run_postprocessing
 
         run.report(_RESTORED, "post-processing")
         labels = run_postprocessing(labels, tuple(reversed(inputs[0].spacing)), options)
@@ -140,7 +140,7 @@ def _predict(
     inputs: list[Image], package: ModelPackage, settings: WindowSettings, backend: str, run: Progress
 ) -> np.ndarray:
     """Labels on the input grid: reorient, crop, normalise, run the backend, uncrop, reorient back."""
-    from . import preprocessing
+    from unetseg.inference import preprocessing
 
     oriented, reorientation = orient(inputs, package)
     spacing = tuple(reversed(oriented[0].spacing))  # (z, y, x)
@@ -177,10 +177,10 @@ def choose_backend(backend: str, run: Progress) -> str:
 
 def _backend_module(backend: str) -> Any:
     if backend == "onnx":
-        from . import onnx_backend
+        from unetseg.inference import onnx_backend
 
         return onnx_backend
-    from . import torch_backend
+    from unetseg.inference import torch_backend
 
     return torch_backend
 
@@ -195,11 +195,11 @@ def as_images(images: Image | Any | Sequence[Image | Any]) -> list[Image]:
 
 def load_model(model: ModelPackage | str | Any) -> ModelPackage:
     """The model package itself, or the one a catalog name or a folder/zip path names."""
-    from .package import ModelPackage
+    from unetseg.models.package import ModelPackage
 
     if isinstance(model, ModelPackage):
         return model
-    from .catalog import Catalog
+    from unetseg.models.catalog import Catalog
 
     return Catalog().get(str(model))
 
@@ -275,7 +275,7 @@ def window_settings(
 
 def orient(inputs: list[Image], package: ModelPackage) -> tuple[list[Image], Any]:
     """All inputs reoriented to the manifest's orientation (axis permutation and flips only) and the undo."""
-    from .preprocessing import reorient
+    from unetseg.inference.preprocessing import reorient
 
     orientation = package.preprocessing.get("orientation")
     first, reorientation = reorient(inputs[0], orientation)
@@ -300,7 +300,7 @@ def network_grid(
     shape: Sequence[int], spacing: Sequence[float], package: ModelPackage, settings: WindowSettings
 ) -> tuple[int, ...]:
     """The (z, y, x) size a volume of `shape` has at the network's spacing (nnU-Net's rounding)."""
-    from .preprocessing import target_shape
+    from unetseg.inference.preprocessing import target_shape
 
     return target_shape(shape, spacing, target_spacing(package, spacing, settings.spatial_dims))
 
@@ -314,7 +314,7 @@ def crop_box(
 ) -> tuple[slice, ...]:
     """The box the network sees: the body (CT) or non-zero region, with a few voxels of margin where they
     cost no extra window, and at least one window's extent (so the window is filled with real image)."""
-    from .preprocessing import body_bbox, nonzero_bbox
+    from unetseg.inference.preprocessing import body_bbox, nonzero_bbox
 
     mode = crop_mode(package)
     shape = oriented[0].shape
@@ -362,7 +362,7 @@ def _grow(box: slice, size: int, scale: float, roi: int, overlap: float) -> slic
 
 def normalised_volume(arrays: list[np.ndarray], package: ModelPackage) -> np.ndarray:
     """Stack the cropped inputs as float32 channels (C, z, y, x), each normalised as the manifest says."""
-    from .preprocessing import normalize
+    from unetseg.inference.preprocessing import normalize
 
     prep = package.preprocessing
     schemes = prep["normalization"]

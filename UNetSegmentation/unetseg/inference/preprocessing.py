@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .image import Image
+from unetseg.image import Image
 
 if TYPE_CHECKING:
     import torch

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from .image import Image, Label
+from unetseg.image import Image, Label
 
 CT_LABELS = [
     Label(1, "organ", (0.85, 0.35, 0.25)),

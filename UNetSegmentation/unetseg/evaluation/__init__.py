@@ -1,0 +1,1 @@
+"""Evaluation: per-label metrics in millimetres and folder-against-folder reports."""

@@ -1,0 +1,1 @@
+"""Model packages (manifest + weights), safe archives, the catalog, and the formats that import into them."""

@@ -1,0 +1,1 @@
+"""Training: datasets, fingerprint and plan, patch sampling, augmentation, the trainer and its checkpoints."""
