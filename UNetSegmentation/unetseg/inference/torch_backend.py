@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
+from unetseg.devices import resolve_device
 from unetseg.inference.linear_resampling import ArrayOps, argmax_on_grid
 from unetseg.inference.preprocessing import resample
 from unetseg.inference.windows import WindowSettings, count_windows, gaussian_weights
@@ -25,23 +26,6 @@ from unetseg.inference.windows import WindowSettings, count_windows, gaussian_we
 _MAX_GPU_BATCH = 8
 # Share of the free GPU memory the windows may use; the rest absorbs fragmentation and cuDNN workspaces.
 _GPU_MEMORY_SHARE = 0.6
-
-
-def resolve_device(name: str) -> torch.device:
-    """The torch device for "auto" (CUDA, then Apple MPS, then CPU) or a named one that must be present."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps") if _mps_available() else torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("Device 'cuda' was asked for but no CUDA GPU is available; use 'auto' or 'cpu'.")
-    if name == "mps" and not _mps_available():
-        raise ValueError("Device 'mps' was asked for but Apple MPS is not available; use 'auto' or 'cpu'.")
-    return torch.device(name)
-
-
-def _mps_available() -> bool:
-    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
 def is_out_of_memory(error: BaseException) -> bool:

@@ -23,6 +23,7 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
+from unetseg.devices import resolve_device
 from unetseg.io import read_image
 from unetseg.io.terminology import default_color, default_terminology
 from unetseg.models.package import ModelPackage, fit_problems, load_state_dict
@@ -122,21 +123,6 @@ class DistContext:
     def close(self) -> None:
         if self.owns_group:
             dist.destroy_process_group()
-
-
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then the CPU; asking for an absent device is an error."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use --device auto or cpu.")
-    if device == "mps" and not _mps_available():
-        raise ValueError("device 'mps' was asked for but Apple MPS is not available; use --device auto or cpu.")
-    return torch.device(f"cuda:{local_rank}") if device == "cuda" else torch.device(device)
-
-
-def _mps_available() -> bool:
-    return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
 
 
 def dist_context(device: str) -> DistContext:

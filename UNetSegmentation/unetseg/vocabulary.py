@@ -1,0 +1,44 @@
+"""The project's vocabulary, one home for each list and default: variants, modalities, devices, HU windows, windows.
+
+Torch-free and numpy-free: the CLI, the trainer, the predictor, the Slicer logic and the panel's enums all import
+their choices from here, so a new variant or device is added in one place.
+"""
+
+from __future__ import annotations
+
+import math
+
+# Network variants, in the order the panel and `unetseg train --help` show them, with their human titles.
+VARIANT_TITLES = {
+    "unet": "U-Net",
+    "vnet": "V-Net",
+    "unetpp": "U-Net++",
+    "attention_unet": "Attention U-Net",
+    "nnunet": "nnU-Net (auto-configured)",
+}
+VARIANTS = tuple(VARIANT_TITLES)
+DEFAULT_TRAINING_VARIANT = "nnunet"
+
+# Imaging modalities as manifests store them ("MR", not "MRI"), with the titles a person reads.
+MODALITY_TITLES = {"CT": "CT", "MR": "MRI", "XR": "X-ray"}
+MODALITIES = tuple(MODALITY_TITLES)
+
+# Compute devices: "auto" picks CUDA, then Apple MPS, then the CPU (`unetseg.devices.resolve_device`).
+DEVICE_TITLES = {"auto": "Auto", "cuda": "GPU (CUDA)", "mps": "Apple GPU (MPS)", "cpu": "CPU"}
+DEVICES = tuple(DEVICE_TITLES)
+
+# Hounsfield windows of the CT prior channels (`hu_priors`): lung (air outside the body falls in it too),
+# soft tissue, and bone — name, lower bound (inclusive), upper bound (exclusive).
+HU_PRIOR_WINDOWS = (("lung", -1000.0, -400.0), ("soft tissue", -100.0, 100.0), ("bone", 400.0, math.inf))
+
+# Sliding-window inference: the share of overlap between neighbouring windows (nnU-Net's step 0.5) and the
+# windows per forward pass on the CPU for 2D and 3D networks (the trainer's validation uses the same).
+DEFAULT_OVERLAP = 0.5
+DEFAULT_CPU_WINDOW_BATCH = {2: 4, 3: 1}
+
+
+def check_choice(kind: str, value: str, allowed: tuple[str, ...]) -> str:
+    """Return ``value`` if it is one of ``allowed``; otherwise raise a ValueError that lists the choices."""
+    if value not in allowed:
+        raise ValueError(f"Unknown {kind} {value!r}; choose one of {', '.join(allowed)}.")
+    return value
