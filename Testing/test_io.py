@@ -279,6 +279,28 @@ def test_write_failure_midway_leaves_nothing_and_keeps_the_old_file(tmp_path, mo
     assert target.read_bytes() == b"previous result"
 
 
+def test_atomic_write_flushes_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def record_fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def record_replace(src, dst):
+        events.append(("replace", str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(io.atomic.os, "fsync", record_fsync)
+    monkeypatch.setattr(io.atomic.os, "replace", record_replace)
+    target = tmp_path / "out.nii.gz"
+    with io.atomic_write(target) as temporary:
+        temporary.write_bytes(b"complete")
+    assert [kind for kind, _ in events] == ["fsync", "replace", "fsync"]
+    assert events[0][1] == str(temporary) and events[1][1] == str(target) and events[2][1] == str(tmp_path)
+    assert target.read_bytes() == b"complete"
+
+
 def test_atomic_write_replaces_on_success_and_cleans_up_on_error(tmp_path):
     target = tmp_path / "model.pt"
     with io.atomic_write(target) as temporary:

@@ -15,7 +15,9 @@ PathLike = str | os.PathLike
 def atomic_write(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path`` (same extension); it replaces ``path`` only if the block succeeds.
 
-    On any exception the temporary file is removed, so a failed or cancelled write leaves nothing behind.
+    On any exception the temporary file is removed, so a failed or cancelled write leaves nothing behind. The
+    file is flushed to disk before the rename and the folder after it, so a power cut leaves either the old
+    file or the complete new one, never an empty file under the target's name.
     """
     target = Path(path).expanduser().absolute()
     folder = target.parent
@@ -29,7 +31,20 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
     temporary = folder / f".tmp-{uuid.uuid4().hex[:12]}-{target.name}"
     try:
         yield temporary
+        fsync_path(temporary)
         os.replace(temporary, target)
+        fsync_path(folder)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a folder's contents and metadata to disk (folders: POSIX only; Windows cannot open them)."""
+    if path.is_dir() and os.name == "nt":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
