@@ -312,3 +312,18 @@ def test_atomic_write_replaces_on_success_and_cleans_up_on_error(tmp_path):
         raise KeyboardInterrupt
     assert target.read_text(encoding="utf-8") == "v1"
     assert os.listdir(tmp_path) == ["model.pt"]
+
+
+@pytest.mark.parametrize("direction", [(1, 0.3, 0, 0, 1, 0, 0, 0, 1), (1, 0, 0, 0, 1, 0, 0, 0.9, 0.1)])
+def test_a_sheared_grid_is_refused_with_the_file_named(tmp_path, direction):
+    img = sitk.GetImageFromArray(np.zeros((4, 5, 6), np.float32))
+    img.SetDirection(direction)
+    path = tmp_path / "sheared.nrrd"
+    sitk.WriteImage(img, str(path))
+    with pytest.raises(ValueError, match=r"sheared\.nrrd has a direction matrix that is not orthonormal"):
+        io.read_image(path)
+
+
+def test_an_image_value_with_degenerate_axes_is_refused():
+    with pytest.raises(ValueError, match="not orthonormal"):
+        Image(np.zeros((2, 3, 4), np.float32), direction=(1, 0, 0, 0, 1, 0, 0, 0, 0))

@@ -19,6 +19,21 @@ if TYPE_CHECKING:
 _IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 
+def check_orthonormal(direction: tuple[float, ...], what: str, tolerance: float = 1e-3) -> None:
+    """Refuse a direction matrix whose axes are not unit length and mutually perpendicular (sheared, degenerate).
+
+    Every step of the pipeline (reorientation, resampling, writing back) assumes an orthogonal voxel grid, so a
+    sheared grid would be segmented in the wrong place without a word.
+    """
+    matrix = np.asarray(direction, dtype=float).reshape(3, 3)
+    if not np.all(np.isfinite(matrix)) or not np.allclose(matrix.T @ matrix, np.eye(3), atol=tolerance):
+        raise ValueError(
+            f"{what} has a direction matrix that is not orthonormal (sheared, scaled or degenerate axes: "
+            f"{np.round(matrix, 4).tolist()}). Resample it onto an orthogonal grid first (in Slicer: harden the "
+            "transform, or Resample Scalar/Vector/DWI Volume)."
+        )
+
+
 @dataclass
 class Image:
     """A scalar image on a physical grid; the geometry is never implicit."""
@@ -43,6 +58,7 @@ class Image:
             raise ValueError("Image geometry needs 3 spacings, 3 origin values and 9 direction values.")
         if min(self.spacing) <= 0:
             raise ValueError(f"Image spacing must be positive; got {self.spacing}.")
+        check_orthonormal(self.direction, "Image")
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from unetseg.image import Image, Label, LabelImage, check_finite, check_same_grid
+from unetseg.image import Image, Label, LabelImage, check_finite, check_orthonormal, check_same_grid
 
 PathLike = str | os.PathLike
 
@@ -35,6 +35,7 @@ def read_image(path: PathLike, series_uid: str | None = None) -> Image:
     if not path.exists():
         raise FileNotFoundError(f"Image not found: {path}. Give an image file or a DICOM series folder.")
     img = _read_dicom_series(path, series_uid) if path.is_dir() else _read_file(path)
+    check_orthonormal(img.GetDirection() if img.GetDimension() == 3 else (1, 0, 0, 0, 1, 0, 0, 0, 1), f"Image {path}")
     image = Image.from_sitk(_scalar_3d(img, path))
     check_finite(image.array, f"Image {path}")
     return image
