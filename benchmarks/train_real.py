@@ -144,7 +144,8 @@ def evaluate_brats(package: Path, validation: dict[str, tuple[list[Path], Path]]
 
 def run_task(name: str, dataset: Path, out: Path, minutes: float, options: dict, cache: Path) -> tuple[Path, dict]:
     """Train one task under its time budget; return the package folder and timing figures."""
-    from unetseg.training.trainer import print_progress, train
+    from unetseg.jobs.train import print_progress
+    from unetseg.training.trainer import train
 
     if out.exists():
         shutil.rmtree(out)

@@ -36,18 +36,9 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_plan(args: argparse.Namespace) -> int:
-    from unetseg.training.datasets import DatasetError
-    from unetseg.training.planning import load_plans, plan_dataset
+    from unetseg.jobs.plan import run_plan  # lazy: numpy, SimpleITK
 
-    try:
-        path = plan_dataset(args.dataset, args.gpu_memory_gb, args.out)
-    except DatasetError as err:
-        print(err, file=sys.stderr)
-        return 2
-    for plan in load_plans(path).values():
-        print(plan.summary())
-    print(f"Plans written to {path}")
-    return 0
+    return run_plan(args.dataset, args.gpu_memory_gb, args.out)
 
 
 def _add_models(sub: argparse._SubParsersAction) -> None:
@@ -64,28 +55,15 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_models(args: argparse.Namespace) -> int:
-    from unetseg.evaluation.variant_figures import figures_listing
-    from unetseg.models.catalog import Catalog
+    from unetseg.jobs.models import run_list  # lazy: keeps --help instant
 
-    catalog = Catalog()
-    print(catalog.listing(args.modality, args.variant, args.details))
-    if args.details and (figures := figures_listing(p.variant for p in catalog.models(args.modality, args.variant))):
-        print(figures)
-    return 0
+    return run_list(args.modality, args.variant, args.details)
 
 
 def _run_models_import(args: argparse.Namespace) -> int:
-    from unetseg.models.catalog import Catalog
-    from unetseg.models.package import PackageError
+    from unetseg.jobs.models import run_import  # lazy: keeps --help instant
 
-    catalog = Catalog()
-    try:
-        name = catalog.import_model(args.path, replace=args.replace)
-    except PackageError as err:
-        print(err, file=sys.stderr)
-        return 2
-    print(f"Imported model {name} into {catalog.user_dir / name}")
-    return 0
+    return run_import(args.path, args.replace)
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
@@ -126,16 +104,9 @@ def _add_export_onnx(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_export_onnx(args: argparse.Namespace) -> int:
-    from unetseg.inference.onnx_backend import export_onnx
-    from unetseg.models.package import PackageError
+    from unetseg.jobs.models import run_export_onnx  # lazy: keeps --help instant
 
-    try:
-        path = export_onnx(args.model)
-    except (PackageError, ValueError, OSError) as err:
-        print(f"unetseg export-onnx: {err}", file=sys.stderr)
-        return 2
-    print(f"Wrote {path}")
-    return 0
+    return run_export_onnx(args.model)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -181,7 +152,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from unetseg.training.trainer import run_train_command
+    from unetseg.jobs.train import run_train_command  # lazy: torch
 
     return run_train_command(vars(args), args.argv)
 
@@ -195,9 +166,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from unetseg.evaluation.report import run_evaluate_command
+    from unetseg.jobs.evaluate import run_evaluate  # lazy: numpy, SimpleITK
 
-    return run_evaluate_command(args.pred_dir, args.ref_dir, args.out)
+    return run_evaluate(args.pred_dir, args.ref_dir, args.out)
 
 
 # Each entry adds one subcommand's parser; keep them in the order `--help` should list them.

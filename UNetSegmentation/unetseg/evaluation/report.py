@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -154,14 +153,3 @@ def format_summary(summary: dict) -> str:
 
 def _num(value: float | None, width: int = 7, digits: int = 4) -> str:
     return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
-
-
-def run_evaluate_command(pred_dir: str, ref_dir: str, out_csv: str | None) -> int:
-    """`unetseg evaluate`: print the summary; a clear message and exit code 2 on bad input."""
-    try:
-        summary = evaluate_folders(pred_dir, ref_dir, out_csv)
-    except (ValueError, OSError) as err:
-        print(f"unetseg evaluate: {err}", file=sys.stderr)
-        return 2
-    print(format_summary(summary))
-    return 0

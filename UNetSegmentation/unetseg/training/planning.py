@@ -534,15 +534,3 @@ def load_plan(path: str | Path, configuration: str | None = None) -> Plan:
     if name not in plans:
         raise ValueError(f"Plans file {path} has no configuration {name!r}; it has {sorted(plans)}.")
     return plans[name]
-
-
-def plan_dataset(dataset_path: str | Path, gpu_memory_gb: float = 8.0, out: str | Path | None = None) -> Path:
-    """Validate a dataset, fingerprint it, plan all configurations and write ``plans.json``; returns its path."""
-    from unetseg.training.datasets import ensure_valid, load_dataset
-
-    dataset = load_dataset(dataset_path)
-    ensure_valid(dataset)
-    fp = compute_fingerprint(dataset)
-    plans = plan_configurations(fp, gpu_memory_gb)
-    default_out = Path(dataset_path) if Path(dataset_path).is_dir() else Path(dataset_path).parent
-    return save_plans(out or default_out / "plans.json", plans, fp)
