@@ -13,7 +13,8 @@ import SimpleITK as sitk
 
 from unetseg import phantoms
 from unetseg.image import Image
-from unetseg.training import datasets, planning
+from unetseg.training import cache as case_cache
+from unetseg.training import dataset_checks, datasets, fingerprint, planning
 
 CT_LABELS = {label.value: label.name for label in phantoms.CT_LABELS}
 MRI_LABELS = {label.value: label.name for label in phantoms.MRI_LABELS}
@@ -37,7 +38,7 @@ def test_nnunet_folder_round_trip(tmp_path):
     images, label = datasets.read_case(ds.cases[1])
     assert images[0].same_grid(cases[1][0][0]) and np.allclose(images[0].array, cases[1][0][0].array)
     assert np.array_equal(label.array, cases[1][1].array)
-    assert datasets.validate_dataset(ds).ok
+    assert dataset_checks.validate_dataset(ds).ok
     with pytest.raises(ValueError, match="already holds"):
         datasets.write_nnunet_dataset(tmp_path / "ds", cases, ["CT"], CT_LABELS)
 
@@ -60,7 +61,7 @@ def test_msd_folder_splits_4d_images_into_channels(tmp_path):
     assert len(channels) == 3
     for got, want in zip(channels, images, strict=True):
         assert np.allclose(got.array, want.array) and got.same_grid(read_label)
-    assert datasets.validate_dataset(ds).ok
+    assert dataset_checks.validate_dataset(ds).ok
 
 
 def _write_files(folder, cases):
@@ -99,7 +100,7 @@ def test_json_and_csv_lists(tmp_path):
     assert ds_csv.channel_names == ["T1", "T2"] and ds_csv.modality == "MR"
     assert ds_csv.cases == ds_json.cases and ds_csv.labels == ds_json.labels
     for ds_ in (ds, ds_json, ds_csv):
-        assert datasets.validate_dataset(ds_).ok
+        assert dataset_checks.validate_dataset(ds_).ok
 
 
 def test_unusable_dataset_descriptions_raise_clear_errors(tmp_path):
@@ -126,17 +127,17 @@ def test_validation_report_lists_every_injected_problem(tmp_path):
     (tmp_path / "bad" / "imagesTr" / "missing_0001.nii.gz").unlink()
     (tmp_path / "bad" / "imagesTr" / "unreadable_0000.nii.gz").write_bytes(b"not an image at all")
 
-    report = datasets.validate_dataset(ds)
+    report = dataset_checks.validate_dataset(ds)
     found = {(p.case, p.kind) for p in report.problems}
     assert found == {("grid", "grid_mismatch"), ("undeclared", "undeclared_label"),
                      ("missing", "missing_sequence"), ("empty", "empty_label"), ("unreadable", "unreadable")}
     assert not report.ok
     text = str(report)
     assert "5 problem(s)" in text and all(f"case {n}" in text for n in names[1:]) and "[7]" in text
-    with pytest.raises(datasets.DatasetError) as err:
-        datasets.ensure_valid(ds)
+    with pytest.raises(dataset_checks.DatasetError) as err:
+        dataset_checks.ensure_valid(ds)
     assert isinstance(err.value, ValueError) and err.value.report.problems == report.problems
-    relaxed = datasets.validate_dataset(ds, allow_empty_labels=True)
+    relaxed = dataset_checks.validate_dataset(ds, allow_empty_labels=True)
     assert ("empty", "empty_label") not in {(p.case, p.kind) for p in relaxed.problems}
 
 
@@ -146,7 +147,7 @@ def ct_dataset(tmp_path):
 
 
 def _plan(dataset, spacing=None) -> planning.Plan:
-    plan = planning.plan_experiment(planning.compute_fingerprint(dataset, max_foreground_samples=10_000))
+    plan = planning.plan_experiment(fingerprint.compute_fingerprint(dataset, max_foreground_samples=10_000))
     return dataclasses.replace(plan, target_spacing=spacing) if spacing else plan
 
 
@@ -154,20 +155,20 @@ def test_preprocessed_cases_are_cached_and_reused(ct_dataset, tmp_path, monkeypa
     plan = _plan(ct_dataset, spacing=(2.0, 2.0, 3.0))
     calls = []
     real = datasets.load_cropped_case
-    monkeypatch.setattr(datasets, "load_cropped_case", lambda *a: calls.append(a[0].name) or real(*a))
+    monkeypatch.setattr(case_cache, "load_cropped_case", lambda *a: calls.append(a[0].name) or real(*a))
     cache = tmp_path / "cache"
-    first = datasets.preprocess_dataset(ct_dataset, plan, cache)
+    first = case_cache.preprocess_dataset(ct_dataset, plan, cache)
     assert calls == ["case_000", "case_001"]
     stamps = {p: p.stat().st_mtime_ns for p in cache.rglob("*.npy")}
     assert len(stamps) == 4
-    second = datasets.preprocess_dataset(ct_dataset, plan, cache)
+    second = case_cache.preprocess_dataset(ct_dataset, plan, cache)
     assert calls == ["case_000", "case_001"], "the second run reads no image"
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("*.npy")} == stamps
     for a, b in zip(first, second, strict=True):
         assert np.array_equal(a.image, b.image) and np.array_equal(a.label, b.label)
     label_file = ct_dataset.cases[1].label_path
     os.utime(label_file, ns=(label_file.stat().st_atime_ns, label_file.stat().st_mtime_ns + 10**9))
-    datasets.preprocess_dataset(ct_dataset, plan, cache)
+    case_cache.preprocess_dataset(ct_dataset, plan, cache)
     assert calls == ["case_000", "case_001", "case_001"], "an edited file re-runs only its case"
 
 
@@ -177,7 +178,7 @@ def test_preprocessed_case_is_normalised_resampled_and_indexed(tmp_path):
     labels = {**{v: n for v, n in CT_LABELS.items() if v != 3}, 7: "lung"}
     ds = datasets.write_nnunet_dataset(tmp_path / "ct", [([image], label.with_array(sparse))], ["CT"], labels)
     plan = _plan(ds, spacing=(3.0, 3.0, 3.0))
-    case = datasets.preprocess_dataset(ds, plan, tmp_path / "cache")[0]
+    case = case_cache.preprocess_dataset(ds, plan, tmp_path / "cache")[0]
     assert case.image.shape == (1, 10, 12, 12) and case.image.dtype == np.float32
     assert case.label.shape == (10, 12, 12) and case.spacing == (3.0, 3.0, 3.0)
     assert plan.label_values == (0, 1, 2, 4, 7) and case.label.max() == 4
@@ -196,5 +197,5 @@ def test_2d_plan_keeps_single_slices(tmp_path):
                                        file_ending=".nrrd")
     plan = _plan(ds)
     assert plan.spatial_dims == 2 and ds.modality == "XR"
-    case = datasets.preprocess_dataset(ds, plan, tmp_path / "cache")[0]
+    case = case_cache.preprocess_dataset(ds, plan, tmp_path / "cache")[0]
     assert case.image.shape == (1, 1, 40, 36) and case.spacing == (0.7, 0.7, 1.0)

@@ -7,7 +7,7 @@ import pytest
 
 from unetseg import cli, phantoms
 from unetseg.training import planning
-from unetseg.training.planning import Fingerprint, IntensityStats
+from unetseg.training.fingerprint import Fingerprint, IntensityStats, compute_fingerprint
 
 STATS = IntensityStats(mean=80.0, std=40.0, median=85.0, min=-100.0, max=300.0, p00_5=-50.0, p99_5=250.0)
 
@@ -155,7 +155,7 @@ def test_fingerprint_of_a_real_dataset_counts_classes_and_samples_foreground(tmp
     cases = [phantoms.ct_phantom(shape=(12, 32, 32), seed=s) for s in range(2)]
     labels = {label.value: label.name for label in phantoms.CT_LABELS}
     ds = datasets.write_nnunet_dataset(tmp_path / "ct", [([im], lab) for im, lab in cases], ["CT"], labels)
-    fp = planning.compute_fingerprint(ds, max_foreground_samples=20_000)
+    fp = compute_fingerprint(ds, max_foreground_samples=20_000)
     assert fp.spacings == ((1.5, 1.5, 3.0),) * 2 and fp.shapes_after_crop == ((12, 32, 32),) * 2
     all_labels = np.concatenate([lab.array.ravel() for _, lab in cases])
     assert fp.class_voxel_counts == {v: int((all_labels == v).sum()) for v in range(5)}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from unetseg.training.datasets import PreprocessedCase
+from unetseg.training.cache import PreprocessedCase
 from unetseg.training.sampling import SamplingConfig, patch_loader, worker_context
 
 

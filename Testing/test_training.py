@@ -18,7 +18,8 @@ from unetseg.jobs.progress import ProgressEmitter, parse_progress_line
 from unetseg.models.package import build_model, load_package, load_state_dict
 from unetseg.phantoms import XRAY_LABELS, xray_phantom
 from unetseg.training.checkpoints import LAST, load_checkpoint
-from unetseg.training.datasets import DatasetError, write_nnunet_dataset
+from unetseg.training.dataset_checks import DatasetError
+from unetseg.training.datasets import write_nnunet_dataset
 from unetseg.training.planning import load_plan
 from unetseg.training.trainer import TrainingCancelled, train
 

@@ -104,7 +104,8 @@ def write_dataset(folder: Path, bundle: Bundle, train: list[Case], heldout: list
     cases were made) are ignored by nnU-Net and read by `bundled_models.py`.
     """
     from unetseg.image import Image
-    from unetseg.training.datasets import ensure_valid, write_nnunet_dataset
+    from unetseg.training.dataset_checks import ensure_valid
+    from unetseg.training.datasets import write_nnunet_dataset
 
     if folder.exists():
         shutil.rmtree(folder)

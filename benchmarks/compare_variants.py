@@ -119,7 +119,8 @@ def load_setting(key: str, args: argparse.Namespace) -> variant_settings.Setting
 def write_folders(setting: variant_settings.Setting, folder: Path, args: argparse.Namespace) -> tuple[Path, Path]:
     """The nnU-Net folder (training + evaluation cases) and the plans made from the training cases only."""
     from unetseg.training.datasets import write_nnunet_dataset
-    from unetseg.training.planning import compute_fingerprint, plan_experiment, save_plans
+    from unetseg.training.fingerprint import compute_fingerprint
+    from unetseg.training.planning import plan_experiment, save_plans
 
     saved_plans = args.resume and (folder / "plans.json").is_file()
     if saved_plans and (folder / "dataset" / "dataset.json").is_file():

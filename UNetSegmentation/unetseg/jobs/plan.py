@@ -5,8 +5,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from unetseg.training.datasets import DatasetError, ensure_valid, load_dataset
-from unetseg.training.planning import compute_fingerprint, load_plans, plan_configurations, save_plans
+from unetseg.training.dataset_checks import DatasetError, ensure_valid
+from unetseg.training.datasets import load_dataset
+from unetseg.training.fingerprint import compute_fingerprint
+from unetseg.training.planning import load_plans, plan_configurations, save_plans
 
 
 def plan_dataset(dataset_path: str | Path, gpu_memory_gb: float = 8.0, out: str | Path | None = None) -> Path:

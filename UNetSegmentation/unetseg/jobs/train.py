@@ -14,7 +14,7 @@ from typing import Any
 
 from unetseg.jobs.progress import ProgressEmitter
 from unetseg.models.package import PackageError
-from unetseg.training.datasets import DatasetError
+from unetseg.training.dataset_checks import DatasetError
 from unetseg.training.setup import TrainOptions
 from unetseg.training.trainer import TrainingCancelled, train
 

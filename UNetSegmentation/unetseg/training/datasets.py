@@ -1,4 +1,4 @@
-"""Training datasets: readers for three layouts, one validation report, and the preprocessed-case cache.
+"""Training datasets: the cases of a dataset read from three layouts, and written as an nnU-Net raw folder.
 
 Layouts read by `load_dataset`:
 - an nnU-Net v2 raw folder: ``dataset.json`` with ``channel_names``, ``labels`` (name → value) and
@@ -9,36 +9,26 @@ Layouts read by `load_dataset`:
   and optional ``channel_names``, ``labels`` {value: name} and ``modality``) or as CSV with columns
   ``name`` (optional), ``image`` or ``image_<channel name>`` (one column per channel, in order) and ``label``.
   Paths are relative to the list file. Undeclared labels are taken from the label maps.
-Any format SimpleITK reads works for the images and label maps.
+Any format SimpleITK reads works for the images and label maps. `dataset_checks` validates a dataset,
+`cache` preprocesses its cases for training.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
-import math
-import os
 import re
-import shutil
-import uuid
-import zlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 
 from unetseg import io
 from unetseg.image import Image
 from unetseg.inference import preprocessing
-from unetseg.training.planning import Plan
 
-CACHE_VERSION = 1
-MAX_LOCATIONS_PER_CLASS = 10_000
-MIN_LOCATION_COVERAGE = 0.01
 _CT_NAMES = {"ct"}
 _MR_HINTS = ("mr", "t1", "t2", "flair", "dwi", "adc", "pd", "swi", "bold")
 _XR_NAMES = {"xr", "x-ray", "xray", "dx", "cr", "radiograph"}
@@ -69,47 +59,6 @@ class Dataset:
     root: Path | None = None
 
 
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a dataset; `case` is None for dataset-wide problems."""
-
-    case: str | None
-    kind: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"case {self.case}" if self.case else "dataset"
-        return f"[{self.kind}] {where}: {self.message}"
-
-
-@dataclass
-class ValidationReport:
-    """Every problem found in a dataset; `ok` when there is none."""
-
-    source: str
-    num_cases: int
-    problems: list[Problem] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """True when the dataset can be trained on."""
-        return not self.problems
-
-    def __str__(self) -> str:
-        head = f"Dataset {self.source}: {self.num_cases} case(s)"
-        if self.ok:
-            return head + ", no problems."
-        return "\n".join([f"{head}, {len(self.problems)} problem(s):", *(f"  - {p}" for p in self.problems)])
-
-
-class DatasetError(ValueError):
-    """A dataset failed validation; `report` lists every problem."""
-
-    def __init__(self, report: ValidationReport) -> None:
-        super().__init__(str(report))
-        self.report = report
-
-
 @dataclass
 class CroppedCase:
     """A case read and cropped to the bounding box of its non-zero image voxels (nnU-Net's crop)."""
@@ -121,23 +70,6 @@ class CroppedCase:
     spacing: tuple[float, float, float]  # (x, y, z)
     shape_before_crop: tuple[int, int, int]
     bbox: tuple[tuple[int, int], ...]  # (start, stop) per numpy axis
-
-
-@dataclass
-class PreprocessedCase:
-    """A case ready for patch sampling: cropped, normalised, resampled to the plan's spacing.
-
-    ``label`` holds class indices (class ``i`` is label value ``plan.label_values[i]``); ``class_locations``
-    maps each foreground class index to sampled voxel coordinates ``(N, 3)`` for foreground oversampling.
-    Arrays loaded from the cache are read-only memory maps.
-    """
-
-    name: str
-    image: np.ndarray  # (C, z, y, x) float32
-    label: np.ndarray  # (z, y, x) uint8
-    spacing: tuple[float, float, float]  # (x, y, z)
-    class_locations: dict[int, np.ndarray]
-    properties: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------------- readers
@@ -350,81 +282,6 @@ def load_cropped_case(case: Case, dataset: Dataset) -> CroppedCase:
     )
 
 
-# ---------------------------------------------------------------------------------------------------- validation
-
-
-def validate_dataset(dataset: Dataset, allow_empty_labels: bool = False) -> ValidationReport:
-    """Check every case and list every problem: missing or unreadable files, missing sequences, grids that
-    differ between channels or between image and label, label values not declared, empty label maps."""
-    report = ValidationReport(str(dataset.root or "(in memory)"), len(dataset.cases))
-    if not dataset.cases:
-        report.problems.append(Problem(None, "no_cases", "the dataset has no cases; add image/label pairs."))
-    if 0 not in dataset.labels:
-        report.problems.append(Problem(None, "labels", "the declared labels lack 0 (background)."))
-    for case in dataset.cases:
-        report.problems.extend(_case_problems(case, dataset, allow_empty_labels))
-    return report
-
-
-def ensure_valid(dataset: Dataset, allow_empty_labels: bool = False) -> ValidationReport:
-    """Validate and raise `DatasetError` (a ValueError with the full report) unless the dataset is valid."""
-    report = validate_dataset(dataset, allow_empty_labels)
-    if not report.ok:
-        raise DatasetError(report)
-    return report
-
-
-def _case_problems(case: Case, dataset: Dataset, allow_empty_labels: bool) -> list[Problem]:
-    problems = [Problem(case.name, "missing_sequence", f"image file not found: {p}")
-                for p in case.image_paths if not p.exists()]
-    if case.label_path is None:
-        problems.append(Problem(case.name, "missing_label", "the case has no label map; give one for training."))
-    elif not case.label_path.exists():
-        problems.append(Problem(case.name, "missing_file", f"label file not found: {case.label_path}"))
-    images: list[Image] = []
-    for path in case.image_paths:
-        if path.exists():
-            try:
-                images.extend(read_channels(path))
-            except (ValueError, OSError) as err:
-                problems.append(Problem(case.name, "unreadable", f"{path}: {err}"))
-    expected = len(dataset.channel_names)
-    if not problems and len(images) != expected:
-        problems.append(Problem(case.name, "missing_sequence",
-                                f"{len(images)} channel(s) found, {expected} declared {dataset.channel_names}."))
-    problems += [Problem(case.name, "grid_mismatch", f"channel {i} ({_grid(im)}) is not on the grid of "
-                         f"channel 0 ({_grid(images[0])}); resample it onto channel 0.")
-                 for i, im in enumerate(images[1:], start=1) if not im.same_grid(images[0])]
-    if case.label_path is not None and case.label_path.exists():
-        problems += _label_problems(case, dataset, images[0] if images else None, allow_empty_labels)
-    return problems
-
-
-def _label_problems(case: Case, dataset: Dataset, image: Image | None, allow_empty: bool) -> list[Problem]:
-    try:
-        label = io.read_label_image(case.label_path).image
-    except (ValueError, OSError) as err:
-        return [Problem(case.name, "unreadable", f"{case.label_path}: {err}")]
-    problems = []
-    if image is not None and not label.same_grid(image):
-        problems.append(Problem(case.name, "grid_mismatch", f"label ({_grid(label)}) is not on the image grid "
-                                f"({_grid(image)}); resample the label onto the image (nearest neighbour)."))
-    values = {int(v) for v in np.unique(label.array)}
-    undeclared = sorted(values - set(dataset.labels))
-    if undeclared:
-        problems.append(Problem(case.name, "undeclared_label", f"label values {undeclared} are not declared "
-                                f"(declared: {sorted(dataset.labels)}); declare them or fix the label map."))
-    if not allow_empty and not values - {0}:
-        problems.append(Problem(case.name, "empty_label", "the label map has no foreground; segment the case or "
-                                "remove it (or allow empty labels)."))
-    return problems
-
-
-def _grid(image: Image) -> str:
-    return (f"size {image.size}, spacing {tuple(round(s, 4) for s in image.spacing)}, "
-            f"origin {tuple(round(o, 2) for o in image.origin)}")
-
-
 # ---------------------------------------------------------------------------------------------------- writing
 
 
@@ -472,123 +329,3 @@ def write_nnunet_dataset(
 def _write_image(path: Path, image: Image) -> None:
     with io.atomic_write(path) as tmp:
         sitk.WriteImage(image.to_sitk(), str(tmp), useCompression=True)
-
-
-# ---------------------------------------------------------------------------------------------------- preprocessing
-
-
-def preprocessing_key(plan: Plan) -> dict:
-    """The part of a plan that determines preprocessed arrays (and so the cache key)."""
-    spacing = list(plan.target_spacing[:2]) if plan.spatial_dims == 2 else list(plan.target_spacing)
-    return {"spatial_dims": plan.spatial_dims, "spacing": spacing, "normalization": list(plan.normalization),
-            "label_values": list(plan.label_values), "channels": len(plan.channel_names)}
-
-
-def preprocess_case(cropped: CroppedCase, plan: Plan) -> PreprocessedCase:
-    """Normalise at native resolution, then resample to the plan's spacing (nnU-Net's order of operations)."""
-    if cropped.label is None:
-        raise ValueError(f"Case {cropped.name!r} has no label map; training needs one.")
-    channels = [preprocessing.normalize(ch, n["scheme"], n, cropped.nonzero if n.get("use_mask") else None)
-                for ch, n in zip(cropped.images, plan.normalization, strict=True)]
-    target = _case_target_spacing(cropped.spacing, plan)
-    new_shape = preprocessing.target_shape(cropped.label.shape, cropped.spacing[::-1], target[::-1])
-    image = preprocessing.resample(torch.from_numpy(np.stack(channels)), new_shape, "cubic").numpy()
-    label = preprocessing.resample_labels(_to_class_indices(cropped.label, plan.label_values), new_shape)
-    properties = {"original_spacing": list(cropped.spacing), "shape_before_crop": list(cropped.shape_before_crop),
-                  "bbox": [list(b) for b in cropped.bbox], "shape_after_crop": list(cropped.label.shape)}
-    return PreprocessedCase(cropped.name, image, label, target, _class_locations(label, cropped.name), properties)
-
-
-def _case_target_spacing(spacing: tuple[float, float, float], plan: Plan) -> tuple[float, float, float]:
-    """The plan's spacing; a 2D plan keeps each case's own slice spacing (it never resamples along z)."""
-    if plan.spatial_dims == 2:
-        return (plan.target_spacing[0], plan.target_spacing[1], spacing[2])
-    return tuple(plan.target_spacing)
-
-
-def _to_class_indices(label: np.ndarray, label_values: Sequence[int]) -> np.ndarray:
-    lut = np.zeros(max(int(label.max(initial=0)), max(label_values)) + 1, dtype=np.uint8)
-    lut[list(label_values)] = np.arange(len(label_values), dtype=np.uint8)
-    return lut[label.astype(np.int64)]
-
-
-def _class_locations(label: np.ndarray, name: str) -> dict[int, np.ndarray]:
-    """Up to 10 000 (at least 1 %) random voxel coordinates of each foreground class (nnU-Net's sampler)."""
-    rng = np.random.default_rng(zlib.crc32(name.encode()))
-    locations = {}
-    for c in np.unique(label):
-        if c == 0:
-            continue
-        coords = np.argwhere(label == c).astype(np.int32)
-        n = max(min(MAX_LOCATIONS_PER_CLASS, len(coords)), math.ceil(len(coords) * MIN_LOCATION_COVERAGE))
-        locations[int(c)] = coords[np.sort(rng.choice(len(coords), n, replace=False))]
-    return locations
-
-
-def preprocess_dataset(
-    dataset: Dataset, plan: Plan, cache_dir: str | Path, progress: Callable[[int, int], None] | None = None
-) -> list[PreprocessedCase]:
-    """Preprocess every case once and cache it; later calls (epochs, runs) load the cache instead.
-
-    Each case is stored in ``cache_dir/<case>-<key>/`` where the key hashes the case's file paths,
-    modification times and sizes and the plan's preprocessing, so editing a file or the plan re-runs it.
-    """
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    result = []
-    for i, case in enumerate(dataset.cases):
-        entry = cache_dir / f"{_safe(case.name)}-{_cache_key(case, plan)}"
-        if not (entry / "meta.json").is_file():
-            _save_case(entry, preprocess_case(load_cropped_case(case, dataset), plan))
-        result.append(_load_case(entry))
-        if progress is not None:
-            progress(i + 1, len(dataset.cases))
-    return result
-
-
-def _cache_key(case: Case, plan: Plan) -> str:
-    files = []
-    for p in (*case.image_paths, case.label_path):
-        if p is not None:
-            stat = p.stat()
-            files.append([str(p.resolve()), stat.st_mtime_ns, stat.st_size])
-    doc = {"version": CACHE_VERSION, "files": files, "preprocessing": preprocessing_key(plan)}
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
-
-
-def _save_case(entry: Path, case: PreprocessedCase) -> None:
-    """Write a cache entry into a temporary folder renamed into place, so a crash never leaves half a case."""
-    tmp = entry.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{entry.name}")
-    tmp.mkdir()
-    try:
-        np.save(tmp / "image.npy", case.image.astype(np.float32, copy=False))
-        np.save(tmp / "label.npy", case.label)
-        np.savez(tmp / "locations.npz", **{str(c): v for c, v in case.class_locations.items()})
-        meta = {"name": case.name, "spacing": list(case.spacing), "properties": case.properties}
-        (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
-        try:
-            os.replace(tmp, entry)
-        except OSError:
-            if not (entry / "meta.json").is_file():  # another process (DDP rank) may have written it first
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-
-
-def _load_case(entry: Path) -> PreprocessedCase:
-    meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
-    with np.load(entry / "locations.npz") as npz:
-        locations = {int(k): npz[k] for k in npz.files}
-    return PreprocessedCase(
-        name=meta["name"],
-        image=np.load(entry / "image.npy", mmap_mode="r"),
-        label=np.load(entry / "label.npy", mmap_mode="r"),
-        spacing=tuple(meta["spacing"]),
-        class_locations=locations,
-        properties=meta["properties"],
-    )

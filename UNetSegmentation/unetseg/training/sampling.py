@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from unetseg.training.augmentation import build_train_transforms, sampling_size
-from unetseg.training.datasets import PreprocessedCase
+from unetseg.training.cache import PreprocessedCase
 
 
 @dataclass(frozen=True)

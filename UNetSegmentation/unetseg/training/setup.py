@@ -27,9 +27,13 @@ from unetseg.devices import resolve_device
 from unetseg.io import read_image
 from unetseg.io.terminology import default_color, default_terminology
 from unetseg.models.package import ModelPackage, fit_problems, load_state_dict
-from unetseg.networks.factory import VARIANTS, check_patch_size, normalize_config, total_stride
-from unetseg.training.datasets import Dataset, PreprocessedCase, ensure_valid, load_dataset, preprocess_dataset
-from unetseg.training.planning import Plan, compute_fingerprint, load_plan, plan_experiment
+from unetseg.networks.factory import check_patch_size, normalize_config, total_stride
+from unetseg.training.cache import PreprocessedCase, preprocess_dataset
+from unetseg.training.dataset_checks import ensure_valid
+from unetseg.training.datasets import Dataset, load_dataset
+from unetseg.training.fingerprint import compute_fingerprint
+from unetseg.training.planning import Plan, load_plan, plan_experiment
+from unetseg.vocabulary import VARIANTS
 
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda", "mps")

@@ -44,6 +44,7 @@ from unetseg import __version__
 from unetseg.evaluation.metrics import compute_metrics, dice
 from unetseg.models.package import ModelPackage, load_package, save_package
 from unetseg.networks.factory import build_network
+from unetseg.training.cache import PreprocessedCase
 from unetseg.training.checkpoints import (
     BEST,
     LAST,
@@ -53,7 +54,7 @@ from unetseg.training.checkpoints import (
     rng_state,
     save_checkpoint,
 )
-from unetseg.training.datasets import Dataset, PreprocessedCase
+from unetseg.training.datasets import Dataset
 from unetseg.training.losses import build_loss
 from unetseg.training.planning import Plan, save_plans
 from unetseg.training.sampling import SamplingConfig, patch_loader
