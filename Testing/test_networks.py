@@ -9,6 +9,8 @@ import torch
 from torch_threads import one_thread  # noqa: F401  (autouse: torch on one thread)
 
 from unetseg.networks import factory as networks
+from unetseg.networks.addons import HUPriorChannels
+from unetseg.vocabulary import VARIANTS
 
 TINY = 1 / 16  # paper widths ÷ 16: the variant × dims matrix runs in seconds on a 2-core CPU
 # Odd sizes on purpose: the network pads to its total stride and crops back.
@@ -32,7 +34,7 @@ def param_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-MATRIX = [(v, d) for v in networks.VARIANTS for d in (2, 3)]
+MATRIX = [(v, d) for v in VARIANTS for d in (2, 3)]
 
 
 @pytest.mark.parametrize(("variant", "dims"), MATRIX)
@@ -101,7 +103,7 @@ def test_paper_widths_are_the_defaults():
 SEED_PARAMS = {
     ("unet", 2): 31e6,  # Ronneberger et al. 2015: 31.0 M
     ("vnet", 3): 48e6,  # Milletari et al. 2016; MONAI's VNet has 45.6 M
-    ("unetpp", 2): 42e6,  # MONAI's up-convolutions halve the up-sampled channels: 36.5 M (networks docstring)
+    ("unetpp", 2): 42e6,  # MONAI's up-convolutions halve the up-sampled channels: 36.5 M (unetpp.py docstring)
     ("attention_unet", 2): 35e6,  # MONAI merges each decoder level with one conv, not two: 31.7 M
 }
 
@@ -175,7 +177,7 @@ def test_hu_prior_channels_mark_lung_soft_tissue_and_bone():
     mean, std = -200.0, 400.0
     hu = torch.tensor([-800.0, 0.0, 1000.0, -250.0])
     x = ((hu - mean) / std).view(1, 1, 4, 1)
-    masks = networks.HUPriorChannels(mean, std)(x)[0, 1:, :, 0]
+    masks = HUPriorChannels(mean, std)(x)[0, 1:, :, 0]
     expected = torch.tensor([[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]])
     torch.testing.assert_close(masks, expected, atol=1e-3, rtol=0)
     model = networks.build_network(tiny_config("unet", 2, in_channels=1, hu_priors={"mean": mean, "std": std}))
@@ -240,6 +242,17 @@ def test_late_fusion_needs_matching_channels_and_variant():
         networks.build_network(tiny_config("vnet", 3, fusion="late"))
     with pytest.raises(ValueError, match="sequences >= 2"):
         networks.build_network(tiny_config("unet", 3, in_channels=1, fusion="late"))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_an_input_that_leaves_a_one_voxel_bottleneck_is_named(mode):
+    # nnunet without a plan: the generic 6-stage network, total stride 32 per axis.
+    config = {"variant": "nnunet", "spatial_dims": 3, "in_channels": 1, "num_classes": 2, "width": TINY}
+    model = getattr(networks.build_network(config), mode)()
+    with pytest.raises(ValueError, match=r"single voxel at the network's bottleneck \(total stride \[32, 32, 32\]\)"):
+        model(torch.randn(1, 1, 8, 8, 8))
+    batch_norm = networks.build_network({**config, "norm": "batch"}).eval()  # running statistics: no error
+    assert batch_norm(torch.randn(1, 1, 8, 8, 8)).shape == (1, 2, 8, 8, 8)
 
 
 def test_wrong_input_channels_are_reported():

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from unetseg.networks.factory import VARIANTS, build_network
+from unetseg.networks.factory import build_network
+from unetseg.vocabulary import VARIANTS
 
 # The seed's reference counts (1 input channel, 2 classes, paper width) and where each comes from.
 SEED = {

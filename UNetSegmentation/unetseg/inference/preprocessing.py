@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from unetseg.image import Image
+from unetseg.vocabulary import HU_PRIOR_WINDOWS
 
 if TYPE_CHECKING:
     import torch
@@ -318,11 +319,6 @@ def ct_params_from_intensities(values: np.ndarray) -> dict[str, float]:
         "percentile_00_5": float(low),
         "percentile_99_5": float(high),
     }
-
-
-# HU windows of the prior channels: lung (−1000…−400; air outside the body falls in it too), soft tissue
-# (−100…100), bone (≥ 400).
-HU_PRIOR_WINDOWS = (("lung", -1000.0, -400.0), ("soft tissue", -100.0, 100.0), ("bone", 400.0, float("inf")))
 
 
 def hu_prior_channels(hu: ArrayLike) -> ArrayLike:
