@@ -27,8 +27,9 @@ MODALITIES = tuple(MODALITY_TITLES)
 DEVICE_TITLES = {"auto": "Auto", "cuda": "GPU (CUDA)", "mps": "Apple GPU (MPS)", "cpu": "CPU"}
 DEVICES = tuple(DEVICE_TITLES)
 
-# Hounsfield windows of the CT prior channels (`hu_priors`): lung (air outside the body falls in it too),
-# soft tissue, and bone — name, lower bound (inclusive), upper bound (exclusive).
+# Hounsfield windows of the CT prior channels: lung (air outside the body falls in it too), soft tissue and
+# bone — name, lower and upper bound in HU. The network's add-on draws them as soft (sigmoid) windows, the
+# preprocessing helper `hu_prior_channels` as binary masks with both bounds included.
 HU_PRIOR_WINDOWS = (("lung", -1000.0, -400.0), ("soft tissue", -100.0, 100.0), ("bone", 400.0, math.inf))
 
 # Sliding-window inference: the share of overlap between neighbouring windows (nnU-Net's step 0.5) and the
