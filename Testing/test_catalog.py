@@ -12,6 +12,7 @@ import pytest
 from tiny_models import tiny_manifest, write_tiny_package
 
 from unetseg.cli import main
+from unetseg.jobs.runner import EXIT_FAILED
 from unetseg.models import catalog as catalog_module
 from unetseg.models import package as package_module
 from unetseg.models.catalog import Catalog, normalize_modality, user_data_dir, user_models_dir
@@ -263,7 +264,7 @@ def test_cli_lists_and_imports(dirs, tmp_path, monkeypatch, capsys):
     assert main(["models", "--modality", "xr"]) == 0
     out = capsys.readouterr().out
     assert "cli-xr  [XR, unet, 2D]" in out and "chest-xr" in out and "tiny-ct" not in out
-    assert main(["models", "import", str(zip_path)]) == 2
+    assert main(["models", "import", str(zip_path)]) == EXIT_FAILED
     assert "already in the catalog" in capsys.readouterr().err
     assert main(["models", "import", "--replace", str(zip_path)]) == 0
 

@@ -19,6 +19,7 @@ from unetseg import cli, phantoms
 from unetseg.image import Image
 from unetseg.io import read_label_image
 from unetseg.jobs.progress import parse_progress_line
+from unetseg.jobs.runner import EXIT_CANCELLED, EXIT_FAILED
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -151,7 +152,9 @@ def test_constant_image_warns_and_writes_an_empty_segmentation(models, tmp_path,
 
 
 @pytest.mark.slow
-def test_sigterm_mid_run_leaves_no_file(models, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_mid_run_leaves_no_file_and_no_traceback(signum, models, tmp_path):
+    """SIGTERM (how the panel stops a run) and SIGINT (Ctrl-C) end the same way: exit code 3, one error event."""
     _, labels = phantoms.ct_phantom(shape=(48, 96, 96))
     sitk.WriteImage(echo_image(labels.with_array(np.minimum(labels.array, 3))).to_sitk(), str(tmp_path / "ct.nrrd"))
     out = tmp_path / "out.seg.nrrd"
@@ -165,13 +168,14 @@ def test_sigterm_mid_run_leaves_no_file(models, tmp_path):
         for line in process.stdout:
             event = parse_progress_line(line)
             if event and event.get("stage", "").startswith("sliding window: 1/"):
-                process.send_signal(signal.SIGTERM)
+                process.send_signal(signum)
                 break
-        rest, _ = process.communicate(timeout=60)
+        rest, err = process.communicate(timeout=60)
     finally:
         process.kill()
-    assert process.returncode == 3
+    assert process.returncode == EXIT_CANCELLED
     assert _events(rest)[-1]["type"] == "error" and "cancelled" in _events(rest)[-1]["message"]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert not out.exists() and _leftovers(tmp_path) == []
 
 
@@ -264,7 +268,7 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(name, models, case, tmp_p
     model = models[model_kind].path if model_kind in models else _bad_model(tmp_path, model_kind)
     output = _output(name, tmp_path)
     code, events = _predict(capsys, _inputs(input_kind, tmp_path, case), model, output)
-    assert code == 1
+    assert code == EXIT_FAILED
     errors = [e for e in events if e["type"] == "error"]
     assert len(errors) == 1 and events[-1] is errors[0]
     assert re.search(message, errors[0]["message"]), errors[0]["message"]
@@ -275,5 +279,5 @@ def test_errors_without_json_go_to_stderr(models, tmp_path, capsys):
     code = cli.main(["predict", "-i", str(tmp_path / "nowhere.nrrd"), "-m", str(models["echo"].path),
                      "-o", str(tmp_path / "out.seg.nrrd"), "--device", "cpu"])  # fmt: skip
     captured = capsys.readouterr()
-    assert code == 1 and captured.out == ""
+    assert code == EXIT_FAILED and captured.out == ""
     assert captured.err.startswith("unetseg predict: Image not found")

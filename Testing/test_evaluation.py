@@ -14,6 +14,7 @@ from unetseg.evaluation.metrics import compute_metrics
 from unetseg.evaluation.report import case_name, evaluate_folders
 from unetseg.image import LabelImage
 from unetseg.io import write_label_image
+from unetseg.jobs.runner import EXIT_FAILED
 from unetseg.phantoms import MRI_LABELS, mri_phantom
 
 
@@ -79,7 +80,7 @@ def test_prediction_on_another_grid_is_a_clear_error(folders, capsys):
     sitk.WriteImage(moved, str(pred_dir / "case_b.nii.gz"))
     with pytest.raises(ValueError, match=r"case_b.*not on the reference grid"):
         evaluate_folders(pred_dir, ref_dir)
-    assert main(["evaluate", str(pred_dir), str(ref_dir)]) == 2
+    assert main(["evaluate", str(pred_dir), str(ref_dir)]) == EXIT_FAILED
     assert "reference grid" in capsys.readouterr().err
 
 

@@ -15,6 +15,7 @@ import torch
 
 from unetseg import cli, phantoms
 from unetseg.inference.predictor import segment
+from unetseg.jobs.runner import EXIT_FAILED
 from unetseg.models.package import save_package
 from unetseg.networks.factory import build_network
 
@@ -88,7 +89,7 @@ def test_outdated_or_missing_export_is_a_clear_error(exported, tmp_path):
 
 
 def test_export_of_a_missing_model_fails_cleanly(tmp_path, capsys):
-    assert cli.main(["export-onnx", str(tmp_path / "nowhere")]) == 2
+    assert cli.main(["export-onnx", str(tmp_path / "nowhere")]) == EXIT_FAILED
     assert "No model" in capsys.readouterr().err
 
 

@@ -176,5 +176,5 @@ def test_cli_plan_writes_plans_next_to_the_dataset(tmp_path, capsys):
     assert plan.gpu_memory_gb == 4 and plan.num_input_channels == 1
     assert "3d_fullres" in capsys.readouterr().out
     (tmp_path / "mr" / "labelsTr" / "case_000.nii.gz").unlink()
-    assert cli.main(["plan", str(tmp_path / "mr"), "--out", str(tmp_path / "p.json")]) == 2
+    assert cli.main(["plan", str(tmp_path / "mr"), "--out", str(tmp_path / "p.json")]) == 1  # EXIT_FAILED
     assert "label file not found" in capsys.readouterr().err

@@ -247,10 +247,10 @@ def test_cli_train_prints_json_progress_and_result(xray_dataset, cache, tmp_path
     assert events[-1]["type"] == "result" and events[-1]["output"] == str(out)
     assert any(e["type"] == "progress" and e.get("epoch") == 1 and "val_dice" in e for e in events)
     assert "unetseg train" in load_package(out).provenance["command"]
-    # A second run into the same folder is refused with a clear error event and exit code 2.
+    # A second run into the same folder is refused with a clear error event and exit code 1 (EXIT_FAILED).
     code = main(["train", str(xray_dataset), "--out", str(out), "--epochs", "1", "--progress", "json"])
     error = [parse_progress_line(line) for line in capsys.readouterr().out.splitlines()][-1]
-    assert code == 2 and error["type"] == "error" and "--resume" in error["message"]
+    assert code == 1 and error["type"] == "error" and "--resume" in error["message"]
 
 
 def test_bad_options_are_clear_errors(xray_dataset, tmp_path):

@@ -1,7 +1,8 @@
-"""The `unetseg` command line: argument parsing only; each subcommand calls one function of the core.
+"""The `unetseg` command line: argument parsing only; `unetseg.jobs.runner` runs the command.
 
 Subcommands register themselves in `_SUBCOMMANDS` through a small `_add_<name>` function that declares the
-arguments and the handler. Heavy imports happen inside handlers so `unetseg --help` stays instant.
+arguments and names the job ("module:function" under `unetseg.jobs`). The runner imports the job only when it
+runs, so `unetseg --help` stays instant; it owns the exit codes, the cancel signals and the progress protocol.
 """
 
 from __future__ import annotations
@@ -11,71 +12,58 @@ import sys
 from collections.abc import Callable, Sequence
 
 from unetseg import __version__
+from unetseg.jobs.runner import EXIT_OK, exit_code_table, run_job
+from unetseg.vocabulary import DEFAULT_TRAINING_VARIANT, DEVICES, MODALITIES, VARIANTS
 
-Handler = Callable[[argparse.Namespace], int]
+# Parser options that choose the job and its reporting rather than being passed to it.
+_RUNNER_KEYS = ("command", "job", "models_command", "progress")
+
+
+def _job_parser(sub: argparse._SubParsersAction, name: str, job: str, help: str) -> argparse.ArgumentParser:
+    """A subcommand running ``job``, with the ``--progress`` option every command shares."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("--progress", choices=["text", "json"], default="text",
+                   help="json: progress, messages, errors and the result as JSON lines on stdout; text: readable")
+    p.set_defaults(job=job)
+    return p
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="segment the bundled sample with the bundled default model")
+    p = _job_parser(sub, "demo", "demo:run", "segment the bundled sample with the bundled default model")
     p.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
-    p.set_defaults(handler=_run_demo)
-
-
-def _run_demo(args: argparse.Namespace) -> int:
-    from unetseg.demo import run_demo
-
-    return run_demo(args.out)
 
 
 def _add_plan(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("plan", help="fingerprint a training dataset and write nnU-Net-style plans (plans.json)")
+    p = _job_parser(sub, "plan", "plan:run",
+                    "fingerprint a training dataset and write nnU-Net-style plans (plans.json)")
     p.add_argument("dataset", help="nnU-Net or MSD dataset folder, or a JSON/CSV list of image/label pairs")
     p.add_argument("--gpu-memory-gb", type=float, default=8.0, help="training GPU memory budget (default: 8)")
     p.add_argument("--out", default=None, help="plans file (default: DATASET/plans.json)")
-    p.set_defaults(handler=_run_plan)
-
-
-def _run_plan(args: argparse.Namespace) -> int:
-    from unetseg.jobs.plan import run_plan  # lazy: numpy, SimpleITK
-
-    return run_plan(args.dataset, args.gpu_memory_gb, args.out)
 
 
 def _add_models(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list the model catalog (bundled and user models), or import a model")
-    p.add_argument("--modality", type=str.upper, choices=["CT", "MR", "XR"], help="only models for this modality")
-    p.add_argument("--variant", help="only models of this network variant (e.g. unet, nnunet)")
+    p = _job_parser(sub, "models", "models:run_list",
+                    "list the model catalog (bundled and user models), or import a model")
+    p.add_argument("--modality", type=str.upper, choices=MODALITIES, help="only models for this modality")
+    p.add_argument("--variant", choices=VARIANTS, help="only models of this network variant")
     p.add_argument("--details", action="store_true", help="inputs, labels, preprocessing and provenance")
-    p.set_defaults(handler=_run_models)
     actions = p.add_subparsers(dest="models_command", metavar="ACTION")
-    imp = actions.add_parser("import", help="validate a model (zip or folder) and copy it to the user models")
+    imp = _job_parser(actions, "import", "models:run_import",
+                      "validate a model (zip or folder) and copy it to the user models")
     imp.add_argument("path", help="model .zip or folder holding model.json and its weights")
     imp.add_argument("--replace", action="store_true", help="replace a model of the same name")
-    imp.set_defaults(handler=_run_models_import)
-
-
-def _run_models(args: argparse.Namespace) -> int:
-    from unetseg.jobs.models import run_list  # lazy: keeps --help instant
-
-    return run_list(args.modality, args.variant, args.details)
-
-
-def _run_models_import(args: argparse.Namespace) -> int:
-    from unetseg.jobs.models import run_import  # lazy: keeps --help instant
-
-    return run_import(args.path, args.replace)
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="segment an image (or one image per MRI sequence) with a model")
+    p = _job_parser(sub, "predict", "predict:run", "segment an image (or one image per MRI sequence) with a model")
     p.add_argument("-i", "--input", action="append", required=True, metavar="IMAGE",
                    help="image file (NRRD, NIfTI, MHA…) or DICOM series folder; repeat once per input, in the "
                         "model's input order")  # fmt: skip
     p.add_argument("-m", "--model", required=True, help="catalog name, model folder or model zip")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output file: .seg.nrrd (Slicer segmentation) or .nii.gz/.nii/.nrrd/.mha (label map)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
-                   help="compute device (default: auto = CUDA, then Apple MPS, then CPU)")  # fmt: skip
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="compute device (default: auto = CUDA, then Apple MPS, then CPU)")
     tta = p.add_mutually_exclusive_group()
     tta.add_argument("--tta", action="store_const", const=True, default=None,
                      help="mirror test-time augmentation (slower; default: as the model's manifest says)")
@@ -85,35 +73,20 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    help="skip the model's post-processing (largest component, hole filling, islands)")
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
                    help="torch (default; ONNX Runtime is used anyway when torch is not installed) or onnx")
-    p.add_argument("--progress", choices=["json"], default=None,
-                   help="print progress, messages, errors and the result as JSON lines on stdout")
-    p.set_defaults(handler=_run_predict)
-
-
-def _run_predict(args: argparse.Namespace) -> int:
-    from unetseg.jobs.predict import run_predict
-
-    return run_predict(args.input, args.model, args.output, args.device, args.tta, args.postprocess,
-                       args.backend, args.progress == "json")  # fmt: skip
 
 
 def _add_export_onnx(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export-onnx", help="export a model's network to ONNX (model.onnx next to its weights)")
+    p = _job_parser(sub, "export-onnx", "models:run_export_onnx",
+                    "export a model's network to ONNX (model.onnx next to its weights)")
     p.add_argument("model", help="catalog name, model folder or model zip")
-    p.set_defaults(handler=_run_export_onnx)
-
-
-def _run_export_onnx(args: argparse.Namespace) -> int:
-    from unetseg.jobs.models import run_export_onnx  # lazy: keeps --help instant
-
-    return run_export_onnx(args.model)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train (or fine-tune) a model on a dataset; the result is a model package")
+    p = _job_parser(sub, "train", "train:run",
+                    "train (or fine-tune) a model on a dataset; the result is a model package")
     p.add_argument("dataset", help="nnU-Net or MSD dataset folder, or a JSON/CSV list of image/label pairs")
     p.add_argument("--out", required=True, metavar="MODEL_DIR", help="output folder: the model package and checkpoints")
-    p.add_argument("--variant", choices=["nnunet", "unet", "vnet", "unetpp", "attention_unet"], default="nnunet")
+    p.add_argument("--variant", choices=VARIANTS, default=DEFAULT_TRAINING_VARIANT)
     p.add_argument("--plans", help="plans file from `unetseg plan` (default: DATASET/plans.json, else planned now)")
     p.add_argument("--configuration", choices=["2d", "3d_fullres"], help="plan configuration (default: 3D for volumes)")
     p.add_argument("--epochs", type=int, help="epochs to train (default: the plan's 1000, or until --time-budget)")
@@ -135,40 +108,25 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mirror-axes", type=int, nargs="*", help="patch axes to mirror (default: all but left-right "
                                                               "when labels name a side)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no mixed precision on CUDA")
     p.add_argument("--workers", dest="num_workers", type=int, help="data-loading worker processes (default: 0)")
     p.add_argument("--gpu-memory-gb", type=float, help="memory budget when planning now (default: 8)")
     p.add_argument("--name", help="model name (default: the dataset's name or the output folder's)")
     p.add_argument("--description", help="model description for the catalog")
-    p.add_argument("--modality", type=str.upper, choices=["CT", "MR", "XR"], help="default: from the dataset")
+    p.add_argument("--modality", type=str.upper, choices=MODALITIES, help="default: from the dataset")
     p.add_argument("--half", action="store_const", const=True, help="store the weights in half precision")
     p.add_argument("--init", metavar="MODEL", help="fine-tune from this model (catalog name, folder or zip)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--cache-dir", help="preprocessed-case cache (default: ~/.cache/unetseg/preprocessed)")
-    p.add_argument("--progress", choices=["json", "text"], default="text",
-                   help="json: one JSON object per line (epoch, losses, validation Dice, ETA); text: readable lines")
-    p.set_defaults(handler=_run_train)
-
-
-def _run_train(args: argparse.Namespace) -> int:
-    from unetseg.jobs.train import run_train_command  # lazy: torch
-
-    return run_train_command(vars(args), args.argv)
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="compare predicted label maps with references: Dice, IoU, HD95, ASSD")
+    p = _job_parser(sub, "evaluate", "evaluate:run",
+                    "compare predicted label maps with references: Dice, IoU, HD95, ASSD")
     p.add_argument("pred_dir", help="folder of predicted label maps (.nii.gz, .nrrd, .seg.nrrd, .mha …)")
     p.add_argument("ref_dir", help="folder of reference label maps with the same case names")
     p.add_argument("--out", default=None, metavar="CSV", help="per-case, per-class CSV (default: PRED_DIR/metrics.csv)")
-    p.set_defaults(handler=_run_evaluate)
-
-
-def _run_evaluate(args: argparse.Namespace) -> int:
-    from unetseg.jobs.evaluate import run_evaluate  # lazy: numpy, SimpleITK
-
-    return run_evaluate(args.pred_dir, args.ref_dir, args.out)
 
 
 # Each entry adds one subcommand's parser; keep them in the order `--help` should list them.
@@ -178,10 +136,12 @@ _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser with every registered subcommand."""
+    """The full argument parser with every registered subcommand; the exit codes are its epilog."""
     parser = argparse.ArgumentParser(
         prog="unetseg",
         description="U-Net family segmentation of CT, MRI and X-ray images (the UNetSegmentation core).",
+        epilog=f"exit codes:\n{exit_code_table()}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"unetseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -191,14 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `unetseg` and `python -m unetseg`; returns the exit code."""
+    """Entry point of `unetseg` and `python -m unetseg`; returns the exit code (see `jobs.runner.EXIT_CODES`)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # for provenance (the training command)
-    if getattr(args, "handler", None) is None:
+    args = parser.parse_args(argv)  # a wrong command line exits with EXIT_USAGE (argparse's 2)
+    if getattr(args, "job", None) is None:
         parser.print_help()
-        return 0
-    return int(args.handler(args) or 0)
+        return EXIT_OK
+    options = {k: v for k, v in vars(args).items() if k not in _RUNNER_KEYS}
+    argv_list = list(sys.argv[1:] if argv is None else argv)  # for provenance (the training command)
+    command = " ".join(filter(None, (args.command, getattr(args, "models_command", None))))
+    return run_job(command, args.job, options, argv_list, json_progress=args.progress == "json")
 
 
 if __name__ == "__main__":

@@ -1,18 +1,14 @@
-"""The `unetseg evaluate` job: score a folder of predictions against references and print the summary."""
+"""The `unetseg evaluate` job: score a folder of predictions against references and show the summary."""
 
 from __future__ import annotations
 
-import sys
+from typing import Any
 
 from unetseg.evaluation.report import evaluate_folders, format_summary
+from unetseg.jobs.runner import Job
 
 
-def run_evaluate(pred_dir: str, ref_dir: str, out_csv: str | None) -> int:
-    """`unetseg evaluate`: print the summary; a clear message and exit code 2 on bad input."""
-    try:
-        summary = evaluate_folders(pred_dir, ref_dir, out_csv)
-    except (ValueError, OSError) as err:
-        print(f"unetseg evaluate: {err}", file=sys.stderr)
-        return 2
-    print(format_summary(summary))
-    return 0
+def run(job: Job, options: dict[str, Any]) -> None:
+    """`unetseg evaluate`: write the per-case CSV and show the summary table (or return it as the result)."""
+    summary = evaluate_folders(options["pred_dir"], options["ref_dir"], options["out"])
+    job.result(format_summary(summary), **summary)

@@ -2,42 +2,32 @@
 
 from __future__ import annotations
 
-import sys
+from typing import Any
 
 from unetseg.evaluation.variant_figures import figures_listing
+from unetseg.inference.onnx_backend import export_onnx
+from unetseg.jobs.runner import Job
 from unetseg.models.catalog import Catalog
-from unetseg.models.package import PackageError
 
 
-def run_list(modality: str | None, variant: str | None, details: bool) -> int:
-    """`unetseg models`: print the catalog (with the variants' measured figures when ``details``)."""
+def run_list(job: Job, options: dict[str, Any]) -> None:
+    """`unetseg models`: the catalog (with the variants' measured figures when ``details``)."""
     catalog = Catalog()
-    print(catalog.listing(modality, variant, details))
+    modality, variant, details = options["modality"], options["variant"], options["details"]
+    text = catalog.listing(modality, variant, details)
     if details and (figures := figures_listing(p.variant for p in catalog.models(modality, variant))):
-        print(figures)
-    return 0
+        text = f"{text}\n{figures}"
+    job.result(text, models=catalog.names(modality, variant))
 
 
-def run_import(path: str, replace: bool) -> int:
-    """`unetseg models import`: validate a model and copy it to the user models; exit code 2 when refused."""
+def run_import(job: Job, options: dict[str, Any]) -> None:
+    """`unetseg models import`: validate a model and copy it to the user models."""
     catalog = Catalog()
-    try:
-        name = catalog.import_model(path, replace=replace)
-    except PackageError as err:
-        print(err, file=sys.stderr)
-        return 2
-    print(f"Imported model {name} into {catalog.user_dir / name}")
-    return 0
+    name = catalog.import_model(options["path"], replace=options["replace"])
+    job.result(f"Imported model {name} into {catalog.user_dir / name}", name=name, output=str(catalog.user_dir / name))
 
 
-def run_export_onnx(model: str) -> int:
+def run_export_onnx(job: Job, options: dict[str, Any]) -> None:
     """`unetseg export-onnx`: write ``model.onnx`` next to the model's weights."""
-    from unetseg.inference.onnx_backend import export_onnx  # lazy: torch
-
-    try:
-        path = export_onnx(model)
-    except (PackageError, ValueError, OSError) as err:
-        print(f"unetseg export-onnx: {err}", file=sys.stderr)
-        return 2
-    print(f"Wrote {path}")
-    return 0
+    path = export_onnx(options["model"])
+    job.result(f"Wrote {path}", output=str(path))

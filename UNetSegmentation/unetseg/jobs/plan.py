@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
+from typing import Any
 
-from unetseg.training.dataset_checks import DatasetError, ensure_valid
+from unetseg.jobs.runner import Job
+from unetseg.training.dataset_checks import ensure_valid
 from unetseg.training.datasets import load_dataset
 from unetseg.training.fingerprint import compute_fingerprint
 from unetseg.training.planning import load_plans, plan_configurations, save_plans
@@ -21,14 +22,9 @@ def plan_dataset(dataset_path: str | Path, gpu_memory_gb: float = 8.0, out: str 
     return save_plans(out or default_out / "plans.json", plans, fp)
 
 
-def run_plan(dataset: str, gpu_memory_gb: float, out: str | None) -> int:
-    """`unetseg plan`: print each configuration's summary; a clear message and exit code 2 on a bad dataset."""
-    try:
-        path = plan_dataset(dataset, gpu_memory_gb, out)
-    except DatasetError as err:
-        print(err, file=sys.stderr)
-        return 2
-    for plan in load_plans(path).values():
-        print(plan.summary())
-    print(f"Plans written to {path}")
-    return 0
+def run(job: Job, options: dict[str, Any]) -> None:
+    """`unetseg plan`: write the plans and show each configuration's summary (a bad dataset: the full report)."""
+    path = plan_dataset(options["dataset"], options["gpu_memory_gb"], options["out"])
+    plans = load_plans(path)
+    summaries = [plan.summary() for plan in plans.values()]
+    job.result("\n".join([*summaries, f"Plans written to {path}"]), output=str(path), configurations=sorted(plans))
