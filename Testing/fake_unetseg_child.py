@@ -1,4 +1,4 @@
-"""Stand-in for `python -m UNetSegmentationLib predict …` in the Slicer-logic tests (no network involved).
+"""Stand-in for `python -m unetseg predict …` in the Slicer-logic tests (no network involved).
 
 It speaks the real JSON-lines protocol and file contract: reads the `-i` NRRD files, writes `-o` on the first
 input's grid. `FAKE_MODE` picks the behaviour: "echo" writes the label array saved in `FAKE_LABELS` (.npy),

@@ -131,6 +131,17 @@ def test_module_file_has_no_top_level_heavy_import():
     assert not heavy, f"UNetSegmentation.py imports {heavy} at module level; Slicer start-up must stay fast"
 
 
+def test_module_file_only_wires_the_lib_package():
+    """Metadata, sample data and the self-test live in the module file; the widget and logic come from the Lib
+    package (as SlicerNNUnet does), re-exported where Slicer and `from UNetSegmentation import …` look."""
+    text = (MODULE_DIR / "UNetSegmentation.py").read_text(encoding="utf-8")
+    assert len(text.splitlines()) < 150
+    tree = ast.parse(text)
+    assert {n.name for n in tree.body if isinstance(n, ast.ClassDef)} == {"UNetSegmentation", "UNetSegmentationTest"}
+    imported = {a.asname or a.name for n in tree.body if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert {"UNetSegmentationLogic", "UNetSegmentationWidget"} <= imported
+
+
 def test_core_never_imports_the_slicer_side():
     for path in CORE_DIR.rglob("*.py"):
         names = _imports(ast.parse(path.read_text(encoding="utf-8")), top_level_only=False)
@@ -240,17 +251,20 @@ def test_light_imports_do_not_load_torch_or_monai(statement):
     assert not loaded & {"torch", "monai"}, f"`{statement}` loaded {loaded & {'torch', 'monai'}}"
 
 
-def test_slicer_bridge_import_does_not_load_torch():
+@pytest.mark.parametrize("module", ["logic", "scene_io", "segment_import", "training_scene"])
+def test_slicer_bridge_import_does_not_load_torch(module):
     pytest.importorskip("slicer", reason="slicer-core is not installed")
-    loaded = _modules_loaded_by("import UNetSegmentationLib.logic")
+    loaded = _modules_loaded_by(f"import UNetSegmentationLib.{module}")
     assert not loaded & {"torch", "monai"}
 
 
 def test_widget_uses_only_names_defined_in_ui_file():
     ui_path = MODULE_DIR / "Resources" / "UI" / "UNetSegmentation.ui"
     ui_names = set(re.findall(r'<widget class="[^"]+" name="([^"]+)"', ui_path.read_text(encoding="utf-8")))
-    code = (MODULE_DIR / "UNetSegmentation.py").read_text(encoding="utf-8")
-    used = set(re.findall(r"self\.ui\.(\w+)", code))
+    panel_files = [MODULE_DIR / "UNetSegmentation.py", *sorted(LIB_DIR.glob("*.py"))]
+    code = "\n".join(path.read_text(encoding="utf-8") for path in panel_files)
+    used = set(re.findall(r"(?:self|widget)\.ui\.(\w+)", code))
+    assert "applyButton" in re.findall(r"self\.ui\.(\w+)", (LIB_DIR / "widget.py").read_text(encoding="utf-8"))
     assert used <= ui_names, f"widget names used in code but absent from the .ui: {sorted(used - ui_names)}"
 
 

@@ -1,4 +1,4 @@
-"""Static checks of the panel: the .ui file against the Widget code and its parameter node (no Qt needed).
+"""Static checks of the panel: the .ui file against the widget code and its parameter node (no Qt needed).
 
 `test_layout.py` checks that every `self.ui.<name>` exists; this file checks the rest of the binding: the
 `SlicerParameterName` properties name real parameters of matching types, names built at run time exist,
@@ -15,7 +15,7 @@ import pytest
 
 MODULE_DIR = Path(__file__).resolve().parents[1] / "UNetSegmentation"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "UNetSegmentation.ui"
-MODULE_FILE = MODULE_DIR / "UNetSegmentation.py"
+PANEL_STATE_FILE = MODULE_DIR / "UNetSegmentationLib" / "panel_state.py"  # the parameter node and its enums
 PARAMETER_CLASS = "UNetSegmentationParameterNode"
 
 # Which widget classes the parameterNodeWrapper can bind to which annotation (its guiConnectors).
@@ -36,7 +36,7 @@ def ui() -> ET.Element:
 
 @pytest.fixture(scope="module")
 def module_tree() -> ast.Module:
-    return ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
+    return ast.parse(PANEL_STATE_FILE.read_text(encoding="utf-8"))
 
 
 def widgets(ui: ET.Element) -> dict[str, ET.Element]:
@@ -54,10 +54,28 @@ def node_types(widget: ET.Element) -> list[str]:
     return [s.text for p in widget.findall("property") if p.get("name") == "nodeTypes" for s in p.iter("string")]
 
 
+def enum_classes(tree: ast.Module) -> dict[str, ast.ClassDef]:
+    """Every enum of the module → the class that defines its methods.
+
+    An enum is a class deriving from enum.Enum, or a module-level `Name = EnumClass("Name", members, …)` built
+    with the functional API from such a class (the panel's choices come from the vocabulary's lists that way).
+    """
+    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+    enums = {name: node for name, node in classes.items() if any(ast.unparse(b) == "enum.Enum" for b in node.bases)}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+            base = ast.unparse(node.value.func)
+            if base in enums:
+                target = node.targets[0].id
+                assert ast.literal_eval(node.value.args[0]) == target, f"enum {target} is named differently"
+                enums[target] = enums[base]
+    return enums
+
+
 def parameter_fields(tree: ast.Module) -> dict[str, tuple[str, str]]:
     """Field name → (kind, annotation): kind is "bool", "int", "str", "enum" or "node"."""
     classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
-    enums = {name for name, node in classes.items() if any(ast.unparse(b) == "enum.Enum" for b in node.bases)}
+    enums = enum_classes(tree)
     fields = {}
     for statement in classes[PARAMETER_CLASS].body:
         if isinstance(statement, ast.AnnAssign):
@@ -99,11 +117,12 @@ def test_each_parameter_is_bound_at_most_once(ui):
 
 
 def test_enum_parameters_have_labels_for_their_combo_boxes(module_tree):
-    classes = {node.name: node for node in module_tree.body if isinstance(node, ast.ClassDef)}
-    for name, node in classes.items():
-        if any(ast.unparse(b) == "enum.Enum" for b in node.bases):
-            methods = {f.name for f in node.body if isinstance(f, ast.FunctionDef)}
-            assert "label" in methods, f"enum {name} shows raw member names in its combo box"
+    enums = enum_classes(module_tree)
+    fields = parameter_fields(module_tree)
+    assert {annotation for kind, annotation in fields.values() if kind == "enum"} <= set(enums)
+    for name, node in enums.items():
+        methods = {f.name for f in node.body if isinstance(f, ast.FunctionDef)}
+        assert "label" in methods, f"enum {name} shows raw member names in its combo box"
 
 
 def test_names_built_at_run_time_exist(ui, module_tree):

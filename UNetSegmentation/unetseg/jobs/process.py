@@ -4,6 +4,7 @@ Plain Python (subprocess plus reader threads, no Qt), so the Slicer panel polls 
 logic's blocking mode waits on it, and headless tests drive it the same way. Inside Slicer the core is
 not pip-installed but lives in the module's folder, so the runner puts that folder on the child's
 PYTHONPATH itself. Cancel kills the whole process tree (data-loader workers and the like included).
+`BackgroundRun` is one such process seen as a job: polled to its end, then finished on the caller's thread.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from unetseg.jobs.progress import parse_progress_line
 
@@ -165,6 +167,115 @@ class BackgroundProcess:
             if line.strip():
                 self._events.put({"type": "log", "stream": "stderr", "message": line.rstrip("\r\n")})
         stream.close()
+
+
+class BackgroundRun:
+    """One background job (a segmentation or a training run) that the caller polls from its own (GUI) thread.
+
+    ``poll()`` forwards the child's events to ``progress_callback`` and, once the child has exited, finishes
+    the job on the polling thread (a Slicer scene is only touched there): ``finish()`` gives ``result`` on
+    success, otherwise ``error`` says what went wrong. ``cleanup()`` (temporary files) runs in every case.
+    """
+
+    def __init__(
+        self,
+        process: BackgroundProcess,
+        finish: Callable[[], Any],
+        cleanup: Callable[[], None],
+        progress_callback: Callable[[dict], None] | None = None,
+    ) -> None:
+        self.process = process
+        self.progress_callback = progress_callback
+        self.result: Any = None
+        self.error: str | None = None
+        self.exception: BaseException | None = None
+        self.cancelled = False
+        self.events: list[dict] = []
+        self._finish = finish
+        self._cleanup = cleanup
+        self._done = False
+
+    @property
+    def running(self) -> bool:
+        """True until the job has finished (successfully or not)."""
+        return not self._done
+
+    @property
+    def succeeded(self) -> bool:
+        """True once the job has finished without error."""
+        return self._done and self.error is None
+
+    def start(self) -> BackgroundRun:
+        """Launch the child process; on failure to launch, clean up and re-raise."""
+        try:
+            self.process.start()
+        except Exception:
+            self._done = True
+            self._cleanup()
+            raise
+        return self
+
+    def poll(self) -> bool:
+        """Forward new events; finish the job when the child is done. Returns True while still running."""
+        if self._done:
+            return False
+        exited = not self.process.running
+        for event in self.process.poll():
+            self._report(event)
+        if exited:
+            self._complete()
+        return not self._done
+
+    def cancel(self) -> None:
+        """Kill the child process tree; the job then finishes as cancelled on the next ``poll``."""
+        if not self._done:
+            self.process.cancel()
+            self.poll()
+
+    def wait(self, timeout: float | None = None, interval: float = 0.05) -> Any:
+        """Poll until the job is done and return its result; raise its error (TimeoutError after ``timeout``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll():
+            if deadline is not None and time.monotonic() > deadline:
+                self.cancel()
+                raise TimeoutError(f"The background job did not finish within {timeout} s and was cancelled.")
+            time.sleep(interval)
+        if self.exception is not None:
+            raise self.exception
+        if self.error is not None:
+            raise RuntimeError(self.error)
+        return self.result
+
+    def _report(self, event: dict) -> None:
+        self.events.append(event)
+        if self.progress_callback is not None:
+            self.progress_callback(event)
+
+    def _complete(self) -> None:
+        try:
+            if self.process.cancelled:
+                self.cancelled = True
+                self.error = "Cancelled."
+            elif self.process.returncode != 0:
+                self.error = self._failure_message()
+            else:
+                self.result = self._finish()
+        except Exception as exc:  # reported through `error`; `wait` re-raises it with its traceback
+            self.exception = exc
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self._done = True
+            self._cleanup()
+        if self.error is not None:
+            self._report({"type": "error", "stage": "finished", "message": self.error})
+
+    def _failure_message(self) -> str:
+        """The child's own error event if it sent one, else the tail of its stderr."""
+        errors = [e.get("message", "") for e in self.events if e.get("type") == "error"]
+        if errors:
+            return errors[-1]
+        tail = "\n".join(self.process.stderr.strip().splitlines()[-15:])
+        return f"The background process failed (exit code {self.process.returncode}).\n{tail}".strip()
 
 
 def _new_group_kwargs() -> dict:
