@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from unetseg import phantoms
-from unetseg.modality import MODALITY_TITLES, guess_modality, modality_from_dicom
+from unetseg.modality import guess_modality, modality_from_dicom
+from unetseg.vocabulary import MODALITY_TITLES
 
 
 @pytest.mark.parametrize(

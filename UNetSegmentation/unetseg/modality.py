@@ -10,8 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# The catalog's modality codes, with the names the panel shows.
-MODALITY_TITLES = {"CT": "CT", "MR": "MRI", "XR": "X-ray"}
+from unetseg.vocabulary import MODALITY_TITLES
 
 # DICOM (0008,0060) Modality values that the catalog's codes cover. Radiographic families all map to XR.
 _DICOM_TO_MODALITY = {
