@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -273,6 +274,41 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(name, models, case, tmp_p
     assert len(errors) == 1 and events[-1] is errors[0]
     assert re.search(message, errors[0]["message"]), errors[0]["message"]
     assert not output.exists() and _leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------- data loss
+
+
+def _same_file_as(input_path: Path, how: str) -> Path:
+    """An output path that names ``input_path`` itself: plainly, spelled another way, or through a link."""
+    if how == "same path":
+        return input_path
+    if how == "spelled differently":
+        return input_path.parent / "sub" / ".." / input_path.name
+    if how == "symlink":
+        link = input_path.parent / "link.nrrd"
+        link.symlink_to(input_path)
+        return link
+    link = input_path.parent / "hard.nrrd"
+    os.link(input_path, link)
+    return link
+
+
+@pytest.mark.parametrize("how", ["same path", "spelled differently", "symlink", "hard link"])
+def test_an_output_that_is_an_input_is_refused(how, models, case, tmp_path, capsys):
+    (tmp_path / "sub").mkdir()
+    ct = _image_file(tmp_path, "ct.nrrd", case[0].to_sitk())
+    before = ct.read_bytes()
+    code, events = _predict(capsys, [ct], models["echo"].path, _same_file_as(ct, how))
+    assert code == EXIT_FAILED and events[-1]["type"] == "error"
+    assert "would destroy the image" in events[-1]["message"] and "ct-segmentation.seg.nrrd" in events[-1]["message"]
+    assert ct.read_bytes() == before and _leftovers(tmp_path) == []
+
+
+def test_an_output_next_to_the_input_is_fine(models, case, tmp_path, capsys):
+    ct = _image_file(tmp_path, "ct.nrrd", case[0].to_sitk())
+    code, _ = _predict(capsys, [ct], models["echo"].path, tmp_path / "ct.seg.nrrd")
+    assert code == 0 and (tmp_path / "ct.seg.nrrd").is_file()
 
 
 def test_errors_without_json_go_to_stderr(models, tmp_path, capsys):

@@ -9,6 +9,7 @@ import types
 from pathlib import Path
 
 import pytest
+from tiny_models import write_tiny_package
 
 from unetseg import cli
 from unetseg.jobs import runner
@@ -111,3 +112,80 @@ def test_the_readme_lists_the_same_exit_codes():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     for code, meaning in EXIT_CODES.items():
         assert f"| {code} | {meaning} |" in readme
+
+
+# ---------------------------------------------------------------------------------------------- train --out
+
+
+@pytest.fixture
+def fake_train(monkeypatch):
+    """`unetseg train` with the trainer replaced by a recorder (what reaches it, and whether it ran at all)."""
+    from unetseg.jobs import train as train_job
+
+    calls = []
+
+    def record(dataset, out, **kwargs):
+        calls.append({"out": Path(out), **kwargs})
+        return types.SimpleNamespace(path=Path(out), name="m", provenance={}, describe=lambda: "trained")
+
+    monkeypatch.setattr(train_job, "train", record)
+    return calls
+
+
+def _train(out: Path, *flags: str) -> int:
+    return cli.main(["train", "dataset", "--out", str(out), "--device", "cpu", *flags])
+
+
+def _run_folder(out: Path) -> Path:
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "checkpoint_last.pt").write_bytes(b"state")
+    (out / "training_log.jsonl").write_text("{}\n", encoding="utf-8")
+    return out
+
+
+def test_train_refuses_a_model_package_folder(fake_train, tmp_path, capsys):
+    """An imported user model has no checkpoints/: `--out` over it used to replace its weights silently."""
+    package = write_tiny_package(tmp_path / "my-model")
+    weights = package.weights_path.read_bytes()
+    assert _train(package.path) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "holds a model package" in err and "would replace its weights" in err and "--overwrite" in err
+    assert fake_train == [] and package.weights_path.read_bytes() == weights
+
+
+def test_train_refuses_any_non_empty_folder_and_names_the_fixes(fake_train, tmp_path, capsys):
+    (tmp_path / "thesis").mkdir()
+    (tmp_path / "thesis" / "chapter1.tex").write_text("precious", encoding="utf-8")
+    assert _train(tmp_path / "thesis") == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "is not empty (it holds chapter1.tex)" in err and "--overwrite" in err
+    (tmp_path / "a-file").write_text("x", encoding="utf-8")
+    assert _train(tmp_path / "a-file") == EXIT_FAILED and "is a file" in capsys.readouterr().err
+    assert fake_train == [] and (tmp_path / "thesis" / "chapter1.tex").read_text(encoding="utf-8") == "precious"
+
+
+def test_train_refuses_an_earlier_run_unless_resumed(fake_train, tmp_path, capsys):
+    out = _run_folder(tmp_path / "run")
+    assert _train(out) == EXIT_FAILED and "--resume" in capsys.readouterr().err and fake_train == []
+    assert _train(out, "--resume") == EXIT_OK
+    assert fake_train[-1]["resume"] is True and (out / "checkpoints" / "checkpoint_last.pt").is_file()
+
+
+def test_train_into_a_new_or_empty_folder_needs_no_flag(fake_train, tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert _train(tmp_path / "empty") == EXIT_OK and _train(tmp_path / "new") == EXIT_OK
+    assert [c["resume"] for c in fake_train] == [False, False]
+
+
+def test_overwrite_replaces_the_earlier_run_and_keeps_other_files(fake_train, tmp_path):
+    out = _run_folder(write_tiny_package(tmp_path / "my-model").path)
+    (out / "model.onnx").write_bytes(b"stale export")
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    assert _train(out, "--overwrite") == EXIT_OK and fake_train[-1]["resume"] is False
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", "notes.txt", "weights.safetensors"]
+
+
+def test_resume_and_overwrite_exclude_each_other(fake_train, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        _train(tmp_path / "x", "--resume", "--overwrite")
+    assert exit_info.value.code == EXIT_USAGE and fake_train == []

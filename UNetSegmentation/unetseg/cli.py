@@ -85,7 +85,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = _job_parser(sub, "train", "train:run",
                     "train (or fine-tune) a model on a dataset; the result is a model package")
     p.add_argument("dataset", help="nnU-Net or MSD dataset folder, or a JSON/CSV list of image/label pairs")
-    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="output folder: the model package and checkpoints")
+    p.add_argument("--out", required=True, metavar="MODEL_DIR",
+                   help="output folder for the model package and checkpoints: new or empty (see --resume, --overwrite)")
     p.add_argument("--variant", choices=VARIANTS, default=DEFAULT_TRAINING_VARIANT)
     p.add_argument("--plans", help="plans file from `unetseg plan` (default: DATASET/plans.json, else planned now)")
     p.add_argument("--configuration", choices=["2d", "3d_fullres"], help="plan configuration (default: 3D for volumes)")
@@ -117,7 +118,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--modality", type=str.upper, choices=MODALITIES, help="default: from the dataset")
     p.add_argument("--half", action="store_const", const=True, help="store the weights in half precision")
     p.add_argument("--init", metavar="MODEL", help="fine-tune from this model (catalog name, folder or zip)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    again.add_argument("--overwrite", action="store_true",
+                       help="train into a non-empty --out anyway: its model package and earlier run are replaced")
     p.add_argument("--cache-dir", help="preprocessed-case cache (default: ~/.cache/unetseg/preprocessed)")
 
 

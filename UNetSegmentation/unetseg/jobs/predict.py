@@ -7,6 +7,7 @@ output file (`runner` reports it and chooses the exit code).
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,33 @@ def check_output_name(path: Path) -> None:
         )
 
 
+def check_not_an_input(target: Path, inputs: Sequence[str]) -> None:
+    """Raise ValueError when the output is one of the input files (by any path: links, ``..``, another spelling).
+
+    Writing there would replace the image with its label map. Compared by device and inode
+    (`os.path.samefile`), so symbolic and hard links are caught too.
+    """
+    if not target.exists():
+        return  # a file that does not exist yet cannot be an input
+    for given in inputs:
+        source = Path(given).expanduser()
+        if source.exists() and os.path.samefile(source, target):
+            how = "" if source.absolute() == target else f" (as {target}, the same file through a link or another path)"
+            raise ValueError(
+                f"The output is the input image {source}{how}: writing it would destroy the image. "
+                f"Choose another output path, e.g. {target.with_name(_stem(source.name) + '-segmentation.seg.nrrd')}."
+            )
+
+
+def _stem(name: str) -> str:
+    """A file name without its image extension (``ct.nii.gz`` → ``ct``, ``ct.seg.nrrd`` → ``ct``)."""
+    lower = name.lower()
+    for suffix in (SEGMENTATION_SUFFIX, *LABEL_MAP_SUFFIXES):
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
 def predict_to_file(
     inputs: Sequence[str],
     model: str,
@@ -45,6 +73,7 @@ def predict_to_file(
     """
     target = Path(output).expanduser().absolute()
     check_output_name(target)
+    check_not_an_input(target, inputs)
     with atomic_write(target) as temporary:  # checks the folder now; removes the partial file on any failure
         images = read_images(list(inputs))
         result = segment(images, model, device=device, progress=progress, cancel=cancel, tta=tta,

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 FORMAT = "unetseg-model/1"
 MANIFEST_FILE = "model.json"
 DEFAULT_WEIGHTS = "weights.safetensors"
+DEFAULT_ONNX = "model.onnx"
 SCHEMA_PATH = Path(__file__).resolve().with_name("schemas") / "model.schema.json"
 MAX_UNPACKED_BYTES = 2 * 1024**3
 """Default cap on a zip's uncompressed size (a model zip larger than this is refused, zip bombs included)."""
@@ -253,7 +254,7 @@ class ModelPackage:
     @property
     def onnx_path(self) -> Path:
         """Where the ONNX export of the network is (or goes): the manifest's ``onnx`` or ``model.onnx``."""
-        return self.path / self.manifest.get("onnx", "model.onnx")
+        return self.path / self.manifest.get("onnx", DEFAULT_ONNX)
 
     def summary(self) -> str:
         """One line: name, modality, variant, dimensionality and labels."""
