@@ -14,11 +14,11 @@ from monai.inferers.utils import _get_scan_interval
 
 from unetseg import phantoms
 from unetseg.image import Image
-from unetseg.inference import predictor as inference
 from unetseg.inference import torch_backend
 from unetseg.inference.linear_resampling import ArrayOps, argmax_on_grid, resample_linear
 from unetseg.inference.postprocessing import keep_largest_component
 from unetseg.inference.predictor import SegmentationCancelled, segment
+from unetseg.inference.prepare import Preparation, default_crop, normalise
 from unetseg.inference.preprocessing import resample
 from unetseg.inference.windows import count_windows, gaussian_weights, sliding_window, window_slices
 from unetseg.models.package import save_package
@@ -188,16 +188,16 @@ def test_masked_zscore_as_in_training(tmp_path):
     package = echo_package(tmp_path / "mr", normalization=[{"scheme": "zscore", "use_mask": True}])
     array = np.zeros((4, 10, 10), np.float32)
     array[1:3, 2:8, 2:8] = np.random.default_rng(3).normal(500.0, 80.0, size=(2, 6, 6))
-    volume = inference.normalised_volume([array], package)[0]
+    volume = normalise([array], Preparation.from_package(package))[0]
     inside = array != 0
     assert not volume[~inside].any()
     assert abs(volume[inside].mean()) < 1e-4 and abs(volume[inside].std() - 1) < 1e-3
 
 
 def test_crop_defaults_to_the_body_for_ct_and_nonzero_otherwise(echo):
-    assert inference.crop_mode(echo["resampled"]) == "body"  # CT, no crop in the manifest
-    assert inference.crop_mode(echo["two_inputs"]) == "nonzero"  # MR
-    assert inference.crop_mode(echo["exact"]) == "nonzero"  # as declared
+    assert default_crop(echo["resampled"]) == "body"  # CT, no crop in the manifest
+    assert default_crop(echo["two_inputs"]) == "nonzero"  # MR
+    assert default_crop(echo["exact"]) == "nonzero"  # as declared
 
 
 # ------------------------------------------------------------------------------------------ progress and cancel

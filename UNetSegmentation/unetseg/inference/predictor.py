@@ -1,16 +1,15 @@
 """The predictor: `segment(images, model)` returns an integer label map on exactly the input grid.
 
-The steps, each a small function below: check the inputs; reorient to the model's orientation; crop to the
-body (CT) or the non-zero region; normalise as the manifest says; run a backend (torch: resampling, MONAI's
-sliding window, TTA, devices and out-of-memory fallback in `torch_backend`; ONNX Runtime without torch in
-`onnx_backend`), which returns labels on the cropped grid slab by slab; uncrop; undo the reorientation;
-post-process. Torch-free at import, so the ONNX path never loads PyTorch.
+The steps: check the inputs; `prepare` them as the manifest says (reorient, crop to the body or the non-zero
+region, normalise); run a backend (torch: resampling, MONAI's sliding window, TTA, devices and out-of-memory
+fallback in `torch_backend`; ONNX Runtime without torch in `onnx_backend`), which returns labels on the cropped
+grid slab by slab; `restore` them to the input grid (uncrop, undo the reorientation); post-process.
+Torch-free at import, so the ONNX path never loads PyTorch.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import math
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -18,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from unetseg.image import Image, LabelImage, check_finite, check_same_grid
-from unetseg.inference.windows import DEFAULT_OVERLAP, WindowSettings, count_windows
+from unetseg.inference.prepare import Preparation, prepare, restore
+from unetseg.inference.windows import DEFAULT_OVERLAP, WindowSettings
 
 if TYPE_CHECKING:
     from unetseg.models.package import ModelPackage
@@ -29,8 +29,6 @@ ProgressCallback = Callable[[float, str], None]
 
 # Where each stage ends on the overall progress scale (the windows take almost all the time).
 _PREPARED, _WINDOWS_DONE, _RESTORED = 0.05, 0.9, 0.95
-# Extra voxels of air kept around the body/non-zero box, when that adds no window.
-_CROP_MARGIN = 3
 
 
 class SegmentationCancelled(Exception):  # noqa: N818 (the name the issue and callers use)
@@ -139,22 +137,16 @@ def segment(
 def _predict(
     inputs: list[Image], package: ModelPackage, settings: WindowSettings, backend: str, run: Progress
 ) -> np.ndarray:
-    """Labels on the input grid: reorient, crop, normalise, run the backend, uncrop, reorient back."""
-    from unetseg.inference import preprocessing
-
-    oriented, reorientation = orient(inputs, package)
-    spacing = tuple(reversed(oriented[0].spacing))  # (z, y, x)
-    grid = network_grid(oriented[0].shape, spacing, package, settings)
-    box = crop_box(oriented, package, spacing, grid, settings)
-    volume = normalised_volume([preprocessing.crop(image.array, box) for image in oriented], package)
-    cropped_grid = network_grid(volume.shape[1:], spacing, package, settings)
+    """Labels on the input grid: prepare (reorient, crop, normalise), run the backend, restore."""
+    prepared = prepare(inputs, Preparation.from_package(package), settings)
     run.report(_PREPARED, "preprocessed")
-    grid_spacing = tuple(n * s / g for n, s, g in zip(volume.shape[1:], spacing, cropped_grid, strict=True))
-    labels = _backend_module(backend).predict_labels(package, volume, cropped_grid, grid_spacing, settings, run)
+    labels = _backend_module(backend).predict_labels(
+        package, prepared.volume, prepared.grid, prepared.grid_spacing, settings, run
+    )
     run.check_cancel()
-    labels = preprocessing.uncrop(labels, box, oriented[0].shape)
+    labels = restore(labels, prepared)
     run.report(_RESTORED, "labels on the input grid")
-    return np.ascontiguousarray(reorientation.undo(labels))
+    return labels
 
 
 def _finish(run: Progress, grid: Image, labels: np.ndarray, package: ModelPackage) -> LabelImage:
@@ -243,7 +235,7 @@ def _are_constant(names: list[str]) -> str:
     return f"Input {quoted} is constant" if len(names) == 1 else f"Inputs {quoted} are constant"
 
 
-# ----------------------------------------------------------------------------------------------- preprocessing
+# ----------------------------------------------------------------------------------------------- windows
 
 
 def window_settings(
@@ -271,111 +263,6 @@ def window_settings(
         batch_size=batch_size,
         crf=crf,
     )
-
-
-def orient(inputs: list[Image], package: ModelPackage) -> tuple[list[Image], Any]:
-    """All inputs reoriented to the manifest's orientation (axis permutation and flips only) and the undo."""
-    from unetseg.inference.preprocessing import reorient
-
-    orientation = package.preprocessing.get("orientation")
-    first, reorientation = reorient(inputs[0], orientation)
-    if inputs[0].is_single_slice and not first.is_single_slice:
-        # A 2D image keeps its slice axis first: only in-plane flips would be meaningful, and 2D models
-        # see radiographs as they are displayed.
-        first, reorientation = reorient(inputs[0], None)
-    rest = [first.with_array(reorientation.apply(image.array)) for image in inputs[1:]]
-    return [first, *rest], reorientation
-
-
-def target_spacing(package: ModelPackage, spacing: Sequence[float], spatial_dims: int) -> tuple[float, ...]:
-    """The network's spacing (z, y, x) for an image of `spacing` (z, y, x): 2D models keep the slice spacing."""
-    target = package.preprocessing.get("target_spacing")
-    if target is None:
-        return tuple(spacing)
-    target_zyx = tuple(float(t) for t in reversed(target))
-    return (spacing[0], *target_zyx[1:]) if spatial_dims == 2 else target_zyx
-
-
-def network_grid(
-    shape: Sequence[int], spacing: Sequence[float], package: ModelPackage, settings: WindowSettings
-) -> tuple[int, ...]:
-    """The (z, y, x) size a volume of `shape` has at the network's spacing (nnU-Net's rounding)."""
-    from unetseg.inference.preprocessing import target_shape
-
-    return target_shape(shape, spacing, target_spacing(package, spacing, settings.spatial_dims))
-
-
-def crop_box(
-    oriented: list[Image],
-    package: ModelPackage,
-    spacing: Sequence[float],
-    grid: Sequence[int],
-    settings: WindowSettings,
-) -> tuple[slice, ...]:
-    """The box the network sees: the body (CT) or non-zero region, with a few voxels of margin where they
-    cost no extra window, and at least one window's extent (so the window is filled with real image)."""
-    from unetseg.inference.preprocessing import body_bbox, nonzero_bbox
-
-    mode = crop_mode(package)
-    shape = oriented[0].shape
-    if mode == "body":
-        tight = body_bbox(oriented[0].array)
-    elif mode == "nonzero":
-        tight = nonzero_bbox([image.array for image in oriented])
-    else:
-        return tuple(slice(0, n) for n in shape)
-    scale = [g / n for g, n in zip(grid, shape, strict=True)]  # network voxels per input voxel
-    roi = _roi_zyx(settings)
-    return tuple(
-        _grow(box, n, s, r, settings.overlap) for box, n, s, r in zip(tight, shape, scale, roi, strict=True)
-    )
-
-
-def crop_mode(package: ModelPackage) -> str | None:
-    """The manifest's crop ("body", "nonzero", or null for none); when it says nothing, the body for CT
-    (air is not zero in Hounsfield units) and the non-zero region otherwise, as nnU-Net crops."""
-    declared = package.manifest["preprocessing"]
-    if "crop" in declared:
-        return declared["crop"]
-    return "body" if package.modality == "CT" else "nonzero"
-
-
-def _roi_zyx(settings: WindowSettings) -> tuple[int, ...]:
-    """The window size per (z, y, x) axis; 2D models see one slice at a time."""
-    return (1, *settings.roi_size) if settings.spatial_dims == 2 else settings.roi_size
-
-
-def _grow(box: slice, size: int, scale: float, roi: int, overlap: float) -> slice:
-    """Widen one axis of a crop by the margin and up to one window, without adding a row of windows."""
-    tight = box.stop - box.start
-
-    def windows(n: int) -> int:
-        return count_windows((max(1, round(n * scale)),), (roi,), overlap)
-
-    wanted = max(tight + 2 * _CROP_MARGIN, math.ceil(roi / scale))
-    length = min(size, wanted)
-    while length > tight and windows(length) > windows(tight):
-        length -= 1
-    start = min(max(0, box.start - (length - tight) // 2), size - length)
-    return slice(start, start + length)
-
-
-def normalised_volume(arrays: list[np.ndarray], package: ModelPackage) -> np.ndarray:
-    """Stack the cropped inputs as float32 channels (C, z, y, x), each normalised as the manifest says."""
-    from unetseg.inference.preprocessing import normalize
-
-    prep = package.preprocessing
-    schemes = prep["normalization"]
-    # As in training: a masked z-score ("use_mask") uses the voxels non-zero in any input.
-    nonzero = np.any([array != 0 for array in arrays], axis=0) if any(s.get("use_mask") for s in schemes) else None
-    channels = []
-    for array, scheme in zip(arrays, schemes, strict=True):
-        params = {k: v for k, v in scheme.items() if k not in ("scheme", "use_mask")}
-        if scheme["scheme"] == "ct" and prep.get("hu_clip") is not None:
-            params.setdefault("clip", prep["hu_clip"])
-        mask = nonzero if scheme.get("use_mask") else None
-        channels.append(np.asarray(normalize(array, scheme["scheme"], params, mask), dtype=np.float32))
-    return np.stack(channels)
 
 
 # ---------------------------------------------------------------------------------------------- postprocessing

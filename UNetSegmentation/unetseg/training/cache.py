@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from unetseg.image import Image
 from unetseg.inference import preprocessing
+from unetseg.inference.prepare import Preparation, prepare
 from unetseg.training.datasets import Case, CroppedCase, Dataset, load_cropped_case
 from unetseg.training.planning import Plan
 
@@ -54,26 +56,27 @@ def preprocessing_key(plan: Plan) -> dict:
             "label_values": list(plan.label_values), "channels": len(plan.channel_names)}
 
 
+def training_preparation(plan: Plan) -> Preparation:
+    """How the trainer prepares every case, and so what its model's manifest declares: the plan's spacing and
+    normalisation, the non-zero crop, the images' own axes (nnU-Net's preprocessing)."""
+    return Preparation(spatial_dims=plan.spatial_dims, normalization=tuple(plan.normalization),
+                       target_spacing=tuple(plan.target_spacing), orientation=None, crop="nonzero")
+
+
 def preprocess_case(cropped: CroppedCase, plan: Plan) -> PreprocessedCase:
-    """Normalise at native resolution, then resample to the plan's spacing (nnU-Net's order of operations)."""
+    """`prepare` a cropped case (normalised at native resolution), then resample it to the plan's spacing
+    (nnU-Net's order of operations); label values become class indices."""
     if cropped.label is None:
         raise ValueError(f"Case {cropped.name!r} has no label map; training needs one.")
-    channels = [preprocessing.normalize(ch, n["scheme"], n, cropped.nonzero if n.get("use_mask") else None)
-                for ch, n in zip(cropped.images, plan.normalization, strict=True)]
-    target = _case_target_spacing(cropped.spacing, plan)
-    new_shape = preprocessing.target_shape(cropped.label.shape, cropped.spacing[::-1], target[::-1])
-    image = preprocessing.resample(torch.from_numpy(np.stack(channels)), new_shape, "cubic").numpy()
-    label = preprocessing.resample_labels(_to_class_indices(cropped.label, plan.label_values), new_shape)
+    # The crop's own grid: the trainer keeps the images' axes, so origin and direction play no part.
+    prepared = prepare([Image(channel, cropped.spacing) for channel in cropped.images], training_preparation(plan))
+    image = preprocessing.resample(torch.from_numpy(prepared.volume), prepared.grid, "cubic").numpy()
+    classes = _to_class_indices(prepared.apply(cropped.label), plan.label_values)
+    label = preprocessing.resample_labels(classes, prepared.grid)
     properties = {"original_spacing": list(cropped.spacing), "shape_before_crop": list(cropped.shape_before_crop),
                   "bbox": [list(b) for b in cropped.bbox], "shape_after_crop": list(cropped.label.shape)}
-    return PreprocessedCase(cropped.name, image, label, target, _class_locations(label, cropped.name), properties)
-
-
-def _case_target_spacing(spacing: tuple[float, float, float], plan: Plan) -> tuple[float, float, float]:
-    """The plan's spacing; a 2D plan keeps each case's own slice spacing (it never resamples along z)."""
-    if plan.spatial_dims == 2:
-        return (plan.target_spacing[0], plan.target_spacing[1], spacing[2])
-    return tuple(plan.target_spacing)
+    spacing = tuple(reversed(prepared.target_spacing))
+    return PreprocessedCase(cropped.name, image, label, spacing, _class_locations(label, cropped.name), properties)
 
 
 def _to_class_indices(label: np.ndarray, label_values: Sequence[int]) -> np.ndarray:

@@ -27,7 +27,8 @@ import SimpleITK as sitk
 
 from unetseg import io
 from unetseg.image import Image
-from unetseg.inference import preprocessing
+from unetseg.inference.prepare import crop_box
+from unetseg.inference.preprocessing import crop
 
 _CT_NAMES = {"ct"}
 _MR_HINTS = ("mr", "t1", "t2", "flair", "dwi", "adc", "pd", "swi", "bold")
@@ -66,7 +67,6 @@ class CroppedCase:
     name: str
     images: np.ndarray  # (C, z, y, x) float32
     label: np.ndarray | None  # (z, y, x) label values
-    nonzero: np.ndarray  # (z, y, x) bool: voxels non-zero in any channel
     spacing: tuple[float, float, float]  # (x, y, z)
     shape_before_crop: tuple[int, int, int]
     bbox: tuple[tuple[int, int], ...]  # (start, stop) per numpy axis
@@ -269,16 +269,14 @@ def load_cropped_case(case: Case, dataset: Dataset) -> CroppedCase:
         raise ValueError(f"Case {case.name!r} has {len(images)} channel(s); the dataset declares "
                          f"{len(dataset.channel_names)} ({dataset.channel_names}). Run validate_dataset.")
     stack = np.stack([im.array.astype(np.float32, copy=False) for im in images])
-    nonzero = np.any(stack != 0, axis=0)
-    crop = preprocessing.nonzero_bbox(nonzero)
+    box = crop_box(stack, "nonzero")
     return CroppedCase(
         name=case.name,
-        images=np.ascontiguousarray(stack[(slice(None), *crop)]),
-        label=None if label is None else np.ascontiguousarray(label.array[crop]),
-        nonzero=nonzero[crop],
+        images=np.ascontiguousarray(crop(stack, box)),
+        label=None if label is None else np.ascontiguousarray(crop(label.array, box)),
         spacing=images[0].spacing,
         shape_before_crop=images[0].shape,
-        bbox=tuple((c.start, c.stop) for c in crop),
+        bbox=tuple((c.start, c.stop) for c in box),
     )
 
 

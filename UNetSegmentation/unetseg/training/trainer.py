@@ -44,7 +44,7 @@ from unetseg import __version__
 from unetseg.evaluation.metrics import compute_metrics, dice
 from unetseg.models.package import ModelPackage, load_package, save_package
 from unetseg.networks.factory import build_network
-from unetseg.training.cache import PreprocessedCase
+from unetseg.training.cache import PreprocessedCase, training_preparation
 from unetseg.training.checkpoints import (
     BEST,
     LAST,
@@ -396,13 +396,7 @@ def manifest(setup: Setup, opts: TrainOptions, state: RunState, metrics: dict, o
         "network": setup.network,
         "inputs": [{"name": n} for n in setup.dataset.channel_names],
         "labels": setup.labels,
-        "preprocessing": {
-            "orientation": None,
-            "target_spacing": list(plan.target_spacing),
-            "normalization": [dict(n) for n in plan.normalization],
-            "crop": "nonzero",
-            "slice_wise": slice_wise,
-        },
+        "preprocessing": {**training_preparation(plan).to_manifest(), "slice_wise": slice_wise},
         "inference": {"patch_size": list(setup.patch_size), "overlap": 0.5,
                       "mirror_axes": list(setup.mirror_axes), "tta": False, "postprocessing": {}},
         "provenance": {
