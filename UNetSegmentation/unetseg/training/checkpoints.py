@@ -10,6 +10,7 @@ during the write leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,18 @@ from unetseg.io import atomic_write
 CHECKPOINT_FORMAT = "unetseg-checkpoint/1"
 LAST = "checkpoint_last.pt"
 BEST = "checkpoint_best.pt"
+
+
+@dataclass
+class RunState:
+    """Counters that a checkpoint carries across a resume."""
+
+    epoch: int = 0
+    iteration: int = 0
+    train_seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    best_dice: float = -1.0
+    history: list[dict] = field(default_factory=list)
 
 
 def plain(value: Any) -> Any:

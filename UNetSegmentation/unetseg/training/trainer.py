@@ -24,30 +24,24 @@ import dataclasses
 import json
 import math
 import os
-import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
 from torch import distributed as dist
 from torch import nn
 
-from unetseg import __version__
-from unetseg.evaluation.metrics import compute_metrics, dice
-from unetseg.models.package import ModelPackage, load_package, save_package
+from unetseg.models.package import ModelPackage, load_package
 from unetseg.networks.factory import build_network
-from unetseg.training.cache import PreprocessedCase, training_preparation
 from unetseg.training.checkpoints import (
     BEST,
     LAST,
+    RunState,
     load_checkpoint,
     plain,
     restore_rng_state,
@@ -55,8 +49,9 @@ from unetseg.training.checkpoints import (
     save_checkpoint,
 )
 from unetseg.training.datasets import Dataset
+from unetseg.training.export import write_package
 from unetseg.training.losses import build_loss
-from unetseg.training.planning import Plan, save_plans
+from unetseg.training.planning import Plan
 from unetseg.training.sampling import SamplingConfig, patch_loader
 from unetseg.training.setup import (
     DistContext,
@@ -67,6 +62,7 @@ from unetseg.training.setup import (
     load_init_weights,
     prepare,
 )
+from unetseg.training.validation import final_metrics, predict_cases, validation_dice
 
 ProgressCallback = Callable[..., None]
 LOG_FILE = "training_log.jsonl"
@@ -99,18 +95,6 @@ def build_optimizer(model: nn.Module, opts: TrainOptions, plan: Plan) -> torch.o
         model.parameters(), lr=opts.learning_rate if opts.learning_rate is not None else 1e-3,
         weight_decay=opts.weight_decay if opts.weight_decay is not None else 1e-2,
     )
-
-
-@dataclass
-class RunState:
-    """Counters that a checkpoint carries across a resume."""
-
-    epoch: int = 0
-    iteration: int = 0
-    train_seconds: float = 0.0
-    cpu_seconds: float = 0.0
-    best_dice: float = -1.0
-    history: list[dict] = field(default_factory=list)
 
 
 class Trainer:
@@ -311,6 +295,16 @@ class Trainer:
         numbers = {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in plain(fields).items()}
         self.progress(fraction, stage, _message(stage, fields), **numbers)
 
+    def final_evaluation(self) -> dict:
+        """Per-label metrics of the final weights on the validation cases (the training cases when there are
+        none), reusing the last validation's predictions when they were made with these weights."""
+        setup = self.setup
+        cases = setup.val_cases or setup.train_cases
+        iteration, predictions = self.predictions
+        if iteration != self.state.iteration or not setup.val_cases:
+            predictions = predict_cases(self.model, cases, setup.patch_size, self.ctx.device, self.amp)
+        return final_metrics(predictions, cases, setup.labels, bool(setup.val_cases))
+
 
 def _message(stage: str, fields: dict) -> str:
     parts = [f"epoch {fields.get('epoch')}", f"iteration {fields['iteration']}"]
@@ -322,121 +316,6 @@ def _message(stage: str, fields: dict) -> str:
     if fields.get("eta_s") is not None:
         parts.append(f"ETA {fields['eta_s'] / 60:.1f} min")
     return f"{stage}: " + ", ".join(parts)
-
-
-# ------------------------------------------------------------------------------------------ validation
-
-
-def predict_case(model: nn.Module, image: np.ndarray, patch: Sequence[int], device: torch.device,
-                 amp: bool = False) -> np.ndarray:
-    """Class indices (z, y, x) of a preprocessed case (C, z, y, x): Gaussian sliding window, overlap 0.5
-    (2D models: the slices are the batch)."""
-    x = torch.from_numpy(np.array(image, dtype=np.float32))
-    x = x.permute(1, 0, 2, 3) if len(patch) == 2 else x[None]
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-        logits = sliding_window_inference(
-            x, tuple(patch), sw_batch_size=4 if len(patch) == 2 else 1, predictor=model, overlap=0.5,
-            mode="gaussian", sigma_scale=0.125, sw_device=device, device=torch.device("cpu"),
-        )
-    labels = logits.argmax(1).to(torch.uint8)
-    return (labels if len(patch) == 2 else labels[0]).numpy()
-
-
-def predict_cases(model: nn.Module, cases: Sequence[PreprocessedCase], patch: Sequence[int], device: torch.device,
-                  amp: bool = False) -> dict[str, np.ndarray]:
-    """Class-index maps of preprocessed cases, by case name (the model is left in eval mode)."""
-    model.eval()
-    return {case.name: predict_case(model, case.image, patch, device, amp) for case in cases}
-
-
-def validation_dice(predictions: dict[str, np.ndarray], cases: Sequence[PreprocessedCase],
-                    labels: list[dict]) -> dict[int, float]:
-    """Mean Dice per class index over the cases (on the preprocessed grid)."""
-    return {label["value"]: float(np.mean([dice(predictions[c.name] == label["value"],
-                                                np.asarray(c.label) == label["value"]) for c in cases]))
-            for label in labels}
-
-
-def final_metrics(predictions: dict[str, np.ndarray], cases: Sequence[PreprocessedCase], labels: list[dict],
-                  validation: bool) -> dict:
-    """Per-label Dice, IoU and HD95 (mm) averaged over the cases (validation ones, or the training ones when
-    there are none), on the preprocessed grid; plus what they were measured on."""
-    values = [label["value"] for label in labels]
-    rows = [compute_metrics(predictions[c.name], np.asarray(c.label), values, tuple(c.spacing)[::-1]) for c in cases]
-    metrics: dict[str, Any] = {
-        "evaluated_on": "validation split" if validation else "training-set Dice only; not a measure of generalisation",
-        "evaluated_cases": [c.name for c in cases],
-    }
-    for label in labels:
-        for key in ("dice", "iou", "hd95"):
-            finite = [r[label["value"]][key] for r in rows if math.isfinite(r[label["value"]][key])]
-            metrics[f"{key}_{label['name']}"] = round(float(np.mean(finite)), 4) if finite else None
-    dices = [metrics[f"dice_{label['name']}"] for label in labels]
-    metrics["dice_mean"] = round(float(np.mean(dices)), 4)
-    return metrics
-
-
-# ------------------------------------------------------------------------------------------ the package
-
-
-def manifest(setup: Setup, opts: TrainOptions, state: RunState, metrics: dict, out_dir: Path,
-             command: str | None, init: ModelPackage | None) -> dict:
-    """The model.json of the trained network (see `package`)."""
-    plan, info = setup.plan, setup.dataset_info
-    slice_wise = plan.spatial_dims == 2 and max(c.image.shape[1] for c in setup.train_cases) > 1
-    name = opts.name or _safe_name(info.get("name") or out_dir.name)
-    return {
-        "name": name,
-        "version": "1.0",
-        "description": opts.description or info.get("description") or
-        f"{opts.variant} trained by unetseg {__version__} on {len(setup.dataset.cases)} case(s)",
-        "modality": setup.modality,
-        "variant": setup.network["variant"],
-        "spatial_dims": plan.spatial_dims,
-        "network": setup.network,
-        "inputs": [{"name": n} for n in setup.dataset.channel_names],
-        "labels": setup.labels,
-        "preprocessing": {**training_preparation(plan).to_manifest(), "slice_wise": slice_wise},
-        "inference": {"patch_size": list(setup.patch_size), "overlap": 0.5,
-                      "mirror_axes": list(setup.mirror_axes), "tta": False, "postprocessing": {}},
-        "provenance": {
-            "training_data": str(info.get("training_data") or setup.dataset.root or "in-memory dataset"),
-            "licence": str(info.get("licence") or info.get("license") or "unknown"),
-            "cases": len(setup.dataset.cases),
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-            "command": command or "unetseg.training.trainer.train",
-            "cpu_time_s": round(state.cpu_seconds, 1),
-            "wall_time_s": round(state.train_seconds, 1),
-            "metrics": metrics,
-            "epochs": state.epoch,
-            "iterations": state.iteration,
-            "training_cases": [c.name for c in setup.train_cases],
-            "validation_cases": [c.name for c in setup.val_cases],
-            "source_label_values": {lab["name"]: v for lab, v in zip(setup.labels, plan.label_values[1:], strict=True)},
-            "fine_tuned_from": init.name if init is not None else None,
-            "plans": "plans.json",
-            "options": plain(dataclasses.asdict(opts)),
-            "trainer": f"unetseg {__version__}",
-        },
-    }
-
-
-def _safe_name(text: str) -> str:
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-._")
-    return (name or "model")[:100]
-
-
-def write_package(trainer: Trainer, out_dir: Path, command: str | None, init: ModelPackage | None) -> ModelPackage:
-    """Final metrics, plans.json and the model package (weights from the end of training)."""
-    setup = trainer.setup
-    cases = setup.val_cases or setup.train_cases
-    iteration, predictions = trainer.predictions
-    if iteration != trainer.state.iteration or not setup.val_cases:
-        predictions = predict_cases(trainer.model, cases, setup.patch_size, trainer.ctx.device, trainer.amp)
-    metrics = final_metrics(predictions, cases, setup.labels, bool(setup.val_cases))
-    save_plans(out_dir / "plans.json", {setup.plan.configuration: setup.plan})
-    doc = manifest(setup, trainer.opts, trainer.state, metrics, out_dir, command, init)
-    return save_package(out_dir, doc, trainer.model.state_dict(), half=trainer.opts.half)
 
 
 # ------------------------------------------------------------------------------------------ entry point
@@ -498,7 +377,8 @@ def train(
             load_init_weights(trainer.model, init_pkg, log)
         trainer.run()
         if ctx.is_main:
-            write_package(trainer, out, command, init_pkg)
+            write_package(setup, opts, trainer.state, trainer.final_evaluation(), trainer.model.state_dict(), out,
+                          command, init_pkg)
             if progress is not None:
                 progress(1.0, "done", f"model written to {out}")
         ctx.barrier()
