@@ -18,13 +18,13 @@ import numpy as np
 
 from unetseg.image import Image, LabelImage, check_finite, check_same_grid
 from unetseg.inference.prepare import Preparation, prepare, restore
-from unetseg.inference.windows import DEFAULT_OVERLAP, WindowSettings
+from unetseg.inference.windows import WindowSettings
+from unetseg.vocabulary import DEFAULT_OVERLAP, DEVICES, check_choice
 
 if TYPE_CHECKING:
     from unetseg.models.package import ModelPackage
 
 BACKENDS = ("torch", "onnx")
-DEVICES = ("auto", "cpu", "cuda", "mps")
 ProgressCallback = Callable[[float, str], None]
 
 # Where each stage ends on the overall progress scale (the windows take almost all the time).
@@ -101,8 +101,7 @@ def segment(
     monotone fractions ending at 1.0; setting ``cancel`` stops between window batches with
     `SegmentationCancelled`. ``backend`` "torch" falls back to "onnx" when torch is not installed.
     """
-    if device not in DEVICES:
-        raise ValueError(f"Unknown device {device!r}; use one of {', '.join(DEVICES)}.")
+    check_choice("device", device, DEVICES)
     run = Progress(progress, cancel)
     run.report(0.0, "checking input")
     backend = choose_backend(backend, run)

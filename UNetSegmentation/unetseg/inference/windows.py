@@ -18,8 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# nnU-Net's inference defaults (not MONAI's 0.25 overlap with constant blending).
-DEFAULT_OVERLAP = 0.5
+from unetseg.vocabulary import DEFAULT_OVERLAP
+
+# nnU-Net's Gaussian blending (sigma 1/8 of the window), with the vocabulary's overlap (not MONAI's 0.25 overlap
+# with constant blending).
 DEFAULT_SIGMA_SCALE = 0.125
 
 

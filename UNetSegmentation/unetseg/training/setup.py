@@ -13,7 +13,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,11 +33,9 @@ from unetseg.training.dataset_checks import ensure_valid
 from unetseg.training.datasets import Dataset, load_dataset
 from unetseg.training.fingerprint import compute_fingerprint
 from unetseg.training.planning import Plan, load_plan, plan_experiment
-from unetseg.vocabulary import VARIANTS
+from unetseg.vocabulary import DEVICES, MODALITIES, VARIANTS, check_choice
 
 OPTIMIZERS = ("sgd", "adamw")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-MODALITIES = ("CT", "MR", "XR")
 _CLASSIC_DEFAULT_WIDTH = {"cuda": 0.5, "other": 0.25}  # 32 or 16 features at the first level
 
 
@@ -74,13 +72,13 @@ class TrainOptions:
     half: bool = False
 
     def __post_init__(self) -> None:
-        _check_choice("variant", self.variant, VARIANTS)
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check_choice("device", self.device, DEVICES)
+        check_choice("variant", self.variant, VARIANTS)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("device", self.device, DEVICES)
         if self.configuration is not None:
-            _check_choice("configuration", self.configuration, ("2d", "3d_fullres"))
+            check_choice("configuration", self.configuration, ("2d", "3d_fullres"))
         if self.modality is not None:
-            _check_choice("modality", self.modality, MODALITIES)
+            check_choice("modality", self.modality, MODALITIES)
         for key in ("epochs", "iterations_per_epoch", "batch_size"):
             value = getattr(self, key)
             if value is not None and (int(value) != value or value < 1):
@@ -93,11 +91,6 @@ class TrainOptions:
             raise ValueError(f"val_fraction must be in [0, 1); got {self.val_fraction}.")
         if self.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", self.name):
             raise ValueError(f"Model name {self.name!r} may use letters, digits, '.', '_' and '-' only.")
-
-
-def _check_choice(key: str, value: Any, allowed: Sequence) -> None:
-    if value not in allowed:
-        raise ValueError(f"Unknown {key} {value!r}; choose one of {', '.join(map(str, allowed))}.")
 
 
 # ------------------------------------------------------------------------------------------ processes, devices
