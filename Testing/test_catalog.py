@@ -13,10 +13,10 @@ from tiny_models import tiny_manifest, write_tiny_package
 
 from unetseg.cli import main
 from unetseg.jobs.runner import EXIT_FAILED
+from unetseg.models import archive as archive_module
 from unetseg.models import catalog as catalog_module
-from unetseg.models import package as package_module
 from unetseg.models.catalog import Catalog, normalize_modality, user_data_dir, user_models_dir
-from unetseg.models.package import ManifestError, PackageError, WeightsError
+from unetseg.models.manifest import ManifestError, PackageError, WeightsError
 
 MR_NETWORK = {
     "variant": "nnunet",
@@ -214,7 +214,7 @@ def test_an_invalid_manifest_is_refused_before_anything_is_copied(dirs, tmp_path
         raise AssertionError("copied before validation")
 
     monkeypatch.setattr(catalog_module.shutil, "copytree", no_copy)  # shutil is one module: both are patched
-    monkeypatch.setattr(package_module.shutil, "copyfileobj", no_copy)
+    monkeypatch.setattr(archive_module.shutil, "copyfileobj", no_copy)
     for path in (src.path, zip_path):
         with pytest.raises(ManifestError, match=r"\$\.modality"):
             Catalog(bundled, user).import_model(path)

@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch_threads import one_thread  # noqa: F401  (autouse: torch on one thread)
 
-from unetseg.models.package import load_package, load_state_dict
+from unetseg.models.package import load_package
+from unetseg.models.weights import load_state_dict
 from unetseg.phantoms import MRI_LABELS, mri_phantom
 from unetseg.training.datasets import write_nnunet_dataset
 from unetseg.training.sampling import rank_share

@@ -11,17 +11,17 @@ from safetensors import safe_open
 from tiny_models import TINY_NETWORK, tiny_manifest, tiny_state_dict, write_tiny_package
 
 from unetseg.image import Label
-from unetseg.models import package
-from unetseg.models.package import (
+from unetseg.models import archive
+from unetseg.models.manifest import (
+    DEFAULT_INFERENCE,
     ManifestError,
     PackageError,
     WeightsError,
-    build_model,
-    load_package,
-    load_state_dict,
-    save_package,
+    manifest_schema,
     validate_manifest,
 )
+from unetseg.models.package import load_package, save_package
+from unetseg.models.weights import build_model, load_state_dict
 from unetseg.networks.factory import build_network
 
 
@@ -45,7 +45,7 @@ def _zip_folder(folder: Path, zip_path: Path, top: str = "") -> Path:
 def test_a_valid_manifest_passes_and_the_shipped_schema_is_draft_07():
     import jsonschema
 
-    jsonschema.Draft7Validator.check_schema(package.manifest_schema())
+    jsonschema.Draft7Validator.check_schema(manifest_schema())
     manifest = tiny_manifest()
     assert validate_manifest(manifest) is manifest
 
@@ -122,7 +122,7 @@ def test_save_then_load_gives_the_same_manifest_weights_and_outputs(tmp_path):
     assert pkg.labels[0] == Label(1, "spleen", (0.6, 0.2, 0.2), tiny_manifest()["labels"][0]["terminology"])
     assert [label.value for label in pkg.labels] == [1, 2]
     assert pkg.network_config == TINY_NETWORK
-    assert pkg.inference == {**package.DEFAULT_INFERENCE, "patch_size": [32, 32]}
+    assert pkg.inference == {**DEFAULT_INFERENCE, "patch_size": [32, 32]}
     assert pkg.preprocessing["slice_wise"] is True and pkg.preprocessing["crop"] == "body"
     assert pkg.weights_path == tmp_path / "tiny" / "weights.safetensors"
     assert pkg.manifest["format"] == "unetseg-model/1"
@@ -247,7 +247,7 @@ def test_weights_that_do_not_fit_the_network_list_the_mismatches(tmp_path):
 @pytest.fixture
 def cache(tmp_path, monkeypatch) -> Path:
     folder = tmp_path / "cache"
-    monkeypatch.setattr(package, "zip_cache_dir", lambda: folder)
+    monkeypatch.setattr(archive, "zip_cache_dir", lambda: folder)
     return folder
 
 
@@ -296,7 +296,7 @@ def test_zip_size_cap_and_layout_errors(tmp_path):
     src = write_tiny_package(tmp_path / "src")
     zip_path = _zip_folder(src.path, tmp_path / "tiny.zip")
     with pytest.raises(PackageError, match=r"above the .* cap"):
-        package.extract_zip(zip_path, tmp_path / "out", max_bytes=1000)
+        archive.extract_zip(zip_path, tmp_path / "out", max_bytes=1000)
     assert not (tmp_path / "out").exists()
 
     two = tmp_path / "two.zip"
@@ -304,22 +304,47 @@ def test_zip_size_cap_and_layout_errors(tmp_path):
         for top in ("a/", "b/"):
             zf.write(src.path / "model.json", top + "model.json")
     with pytest.raises(PackageError, match="several models"):
-        package.extract_zip(two, tmp_path / "out")
+        archive.extract_zip(two, tmp_path / "out")
 
     empty = tmp_path / "empty.zip"
     with zipfile.ZipFile(empty, "w") as zf:
         zf.writestr("readme.txt", "hello")
     with pytest.raises(PackageError, match=r"no model\.json"):
-        package.extract_zip(empty, tmp_path / "out")
+        archive.extract_zip(empty, tmp_path / "out")
 
     not_a_zip = tmp_path / "fake.zip"
     not_a_zip.write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(PackageError, match="not a readable zip"):
-        package.extract_zip(not_a_zip, tmp_path / "out")
+        archive.extract_zip(not_a_zip, tmp_path / "out")
 
     no_weights = tmp_path / "no-weights.zip"
     with zipfile.ZipFile(no_weights, "w") as zf:
         zf.write(src.path / "model.json", "model.json")
     with pytest.raises(WeightsError, match="lacks the weights"):
-        package.extract_zip(no_weights, tmp_path / "out")
+        archive.extract_zip(no_weights, tmp_path / "out")
+
+
+def _damaged(zip_path: Path, damage: str) -> Path:
+    """The zip with its headers disagreeing with its contents: a flipped data byte or a renamed local header."""
+    data = bytearray(zip_path.read_bytes())
+    with zipfile.ZipFile(zip_path) as zf:
+        info = zf.getinfo("weights.safetensors")
+    name_at = info.header_offset + 30  # the local header's file name
+    if damage == "crc":
+        data[name_at + len(info.filename) + len(info.extra) + 100] ^= 0xFF
+    else:
+        data[name_at : name_at + 7] = b"WEIGHTS"
+    damaged = zip_path.with_name(f"{damage}.zip")
+    damaged.write_bytes(bytes(data))
+    return damaged
+
+
+@pytest.mark.parametrize("damage", ["crc", "header name"])
+def test_a_zip_whose_headers_disagree_with_its_data_is_a_clear_error(damage, tmp_path, cache):
+    src = write_tiny_package(tmp_path / "src")
+    damaged = _damaged(_zip_folder(src.path, tmp_path / "tiny.zip"), damage)
+    with pytest.raises(PackageError, match="damaged or not a readable zip"):
+        archive.extract_zip(damaged, tmp_path / "out")
+    with pytest.raises(PackageError, match="damaged or not a readable zip"):
+        load_package(damaged)
 

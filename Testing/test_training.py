@@ -15,7 +15,8 @@ from unetseg.cli import main
 from unetseg.evaluation.metrics import dice
 from unetseg.inference.predictor import segment
 from unetseg.jobs.progress import ProgressEmitter, parse_progress_line
-from unetseg.models.package import build_model, load_package, load_state_dict
+from unetseg.models.package import load_package
+from unetseg.models.weights import build_model, load_state_dict
 from unetseg.phantoms import XRAY_LABELS, xray_phantom
 from unetseg.training.checkpoints import LAST, load_checkpoint
 from unetseg.training.dataset_checks import DatasetError

@@ -160,7 +160,8 @@ def card(trained, spec: ModelSpec, folder: Path, command: str, cpu_s: float, wal
 def choose_precision(trained, manifest: dict, spec: ModelSpec, folder: Path, data_root: Path, shared: Path,
                      work: Path):
     """Save fp32 and fp16 versions and measure both; fp16 unless it loses accuracy. Returns (metrics, half, state)."""
-    from unetseg.models.package import load_state_dict, save_package
+    from unetseg.models.package import save_package
+    from unetseg.models.weights import load_state_dict
 
     state = load_state_dict(trained)
     packages = {}
@@ -204,7 +205,8 @@ def bundle_model(spec: ModelSpec, data_root: Path, shared: Path, budget_scale: f
 
 def recard(spec: ModelSpec, data_root: Path, shared: Path) -> Path:
     """Re-measure a bundled package with the spec's inference settings, keeping its weights and provenance."""
-    from unetseg.models.package import load_package, load_state_dict, save_package
+    from unetseg.models.package import load_package, save_package
+    from unetseg.models.weights import load_state_dict
 
     target = model_cards.MODELS_DIR / spec.name
     pkg = load_package(target)

@@ -137,7 +137,8 @@ def monai_reference(image_path: str, model: str, out_dir: str) -> None:
         Spacingd,
     )
 
-    from unetseg.models.package import build_model, load_package
+    from unetseg.models.package import load_package
+    from unetseg.models.weights import build_model
 
     package = load_package(model)
     network = build_model(package, "cpu")

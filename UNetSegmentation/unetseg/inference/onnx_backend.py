@@ -17,13 +17,17 @@ import numpy as np
 
 from unetseg.inference.linear_resampling import argmax_on_grid, resample_linear
 from unetseg.inference.windows import WindowSettings, count_windows, sliding_window
+from unetseg.io.atomic import atomic_write
+from unetseg.models.catalog import load_model
+from unetseg.models.package import ModelPackage
+from unetseg.models.weights import build_model
 
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 # Largest |torch − onnxruntime| logit difference accepted right after an export, relative to the largest logit.
 _EXPORT_TOLERANCE = 1e-4
 
 
-def export_onnx(model: Any) -> Path:
+def export_onnx(model: ModelPackage | str) -> Path:
     """Write the network of a package (object, catalog name or folder) next to its weights, dynamic axes.
 
     Uses torch's current (torch.export-based) exporter with every batch and spatial axis dynamic, then
@@ -31,10 +35,6 @@ def export_onnx(model: Any) -> Path:
     """
     import torch
     from torch.export import Dim
-
-    from unetseg.inference.predictor import load_model
-    from unetseg.io import atomic_write
-    from unetseg.models.package import build_model
 
     package = load_model(model)
     target = package.onnx_path
@@ -84,7 +84,7 @@ def _session(path: Path, device: str) -> Any:
     return ort.InferenceSession(str(path), providers=providers)
 
 
-def open_session(package: Any, device: str = "auto") -> Any:
+def open_session(package: ModelPackage, device: str = "auto") -> Any:
     """An ONNX Runtime session on a package's export; a missing or outdated export is a clear error."""
     path = package.onnx_path
     name = package.manifest["name"]
@@ -118,7 +118,7 @@ class WindowRunner:
 
 
 def predict_labels(
-    package: Any,
+    package: ModelPackage,
     volume: np.ndarray,
     grid: Sequence[int],
     grid_spacing: Sequence[float],

@@ -19,6 +19,7 @@ import numpy as np
 from unetseg.image import Image, LabelImage, check_finite, check_same_grid
 from unetseg.inference.prepare import Preparation, prepare, restore
 from unetseg.inference.windows import WindowSettings
+from unetseg.models.catalog import load_model
 from unetseg.vocabulary import DEFAULT_OVERLAP, DEVICES, check_choice
 
 if TYPE_CHECKING:
@@ -182,17 +183,6 @@ def as_images(images: Image | Any | Sequence[Image | Any]) -> list[Image]:
     if not items:
         raise ValueError("No input image given.")
     return [item if isinstance(item, Image) else Image.from_sitk(item) for item in items]
-
-
-def load_model(model: ModelPackage | str | Any) -> ModelPackage:
-    """The model package itself, or the one a catalog name or a folder/zip path names."""
-    from unetseg.models.package import ModelPackage
-
-    if isinstance(model, ModelPackage):
-        return model
-    from unetseg.models.catalog import Catalog
-
-    return Catalog().get(str(model))
 
 
 def check_inputs(inputs: list[Image], package: ModelPackage) -> None:

@@ -130,7 +130,7 @@ def predict_labels(
 ) -> np.ndarray:
     """Labels (z, y, x) on the grid of `volume` (C, z, y, x), the network seeing it resampled to `grid`
     (of voxel size `grid_spacing`, z, y, x mm)."""
-    from unetseg.models.package import build_model
+    from unetseg.models.weights import build_model
 
     device = resolve_device(settings.device)
     num_classes = len(settings.label_values)

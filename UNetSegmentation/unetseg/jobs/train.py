@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from unetseg.jobs.runner import Job
-from unetseg.models.package import DEFAULT_ONNX, MANIFEST_FILE
+from unetseg.models.manifest import DEFAULT_ONNX, MANIFEST_FILE
 from unetseg.training.checkpoints import LAST
 from unetseg.training.setup import TrainOptions
 from unetseg.training.trainer import CHECKPOINT_DIR, LOG_FILE, train

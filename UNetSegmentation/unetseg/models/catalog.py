@@ -15,17 +15,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from unetseg.models.package import (
-    DEFAULT_WEIGHTS,
-    MANIFEST_FILE,
-    MAX_UNPACKED_BYTES,
-    ModelPackage,
-    PackageError,
-    WeightsError,
-    extract_zip,
-    load_package,
-    read_manifest,
-)
+from unetseg.models.archive import MAX_UNPACKED_BYTES, extract_zip
+from unetseg.models.manifest import DEFAULT_WEIGHTS, MANIFEST_FILE, PackageError, WeightsError, read_manifest
+from unetseg.models.package import ModelPackage, load_package
 
 logger = logging.getLogger(__name__)
 
@@ -207,3 +199,8 @@ def _check_folder(folder: Path, max_bytes: int) -> None:
             f"Cannot import {folder}: {total / 1e9:.2f} GB is above the {max_bytes / 1e9:.2f} GB cap "
             "(raise max_bytes if the model really is that large)."
         )
+
+
+def load_model(model: ModelPackage | str | os.PathLike) -> ModelPackage:
+    """The model package itself, or the one a catalog name or a folder/zip path names."""
+    return model if isinstance(model, ModelPackage) else Catalog().get(str(model))

@@ -26,7 +26,8 @@ from torch import nn
 from unetseg.devices import resolve_device
 from unetseg.io import read_image
 from unetseg.io.terminology import default_color, default_terminology
-from unetseg.models.package import ModelPackage, fit_problems, load_state_dict
+from unetseg.models.package import ModelPackage
+from unetseg.models.weights import fit_problems, load_state_dict
 from unetseg.networks.factory import check_patch_size, normalize_config, total_stride
 from unetseg.training.cache import PreprocessedCase, preprocess_dataset
 from unetseg.training.dataset_checks import ensure_valid
