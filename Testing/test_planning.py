@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from unetseg import cli, phantoms
-from unetseg.training import planning
+from unetseg.training import planning, topology
 from unetseg.training.fingerprint import Fingerprint, IntensityStats, compute_fingerprint
 
 STATS = IntensityStats(mean=80.0, std=40.0, median=85.0, min=-100.0, max=300.0, p00_5=-50.0, p99_5=250.0)
@@ -109,17 +109,17 @@ def test_batch_size_has_floor_two_and_smaller_budget_gives_smaller_patch():
 
 @pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (5.0, 0.8, 0.8)])
 def test_memory_estimate_is_monotone_in_patch_size(spacing):
-    fixed = planning.pool_and_conv_props(spacing, (64, 128, 128))
-    features = planning.features_per_stage(len(fixed.pool_strides), 3)
+    fixed = topology.pool_and_conv_props(spacing, (64, 128, 128))
+    features = topology.features_per_stage(len(fixed.pool_strides), 3)
     previous_fixed = previous_derived = 0.0
     for edge in range(16, 257, 8):
         patch = (edge // 2, edge, edge)
-        value = planning.estimate_memory(patch, fixed.pool_strides, features, 3)
+        value = topology.estimate_memory(patch, fixed.pool_strides, features, 3)
         assert value >= previous_fixed
         previous_fixed = value
-        topo = planning.pool_and_conv_props(spacing, patch)
-        derived = planning.estimate_memory(
-            topo.patch_size, topo.pool_strides, planning.features_per_stage(len(topo.pool_strides), 3), 3)
+        topo = topology.pool_and_conv_props(spacing, patch)
+        derived = topology.estimate_memory(
+            topo.patch_size, topo.pool_strides, topology.features_per_stage(len(topo.pool_strides), 3), 3)
         assert derived >= previous_derived
         previous_derived = derived
 
