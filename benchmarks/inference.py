@@ -220,18 +220,15 @@ def dice_between(a_path: Path, b_path: Path, values: list[int]) -> float:
 
 def our_windows(image_path: Path, model: Path) -> int:
     """The windows our predictor runs on this image (after the body crop), counted as it counts them."""
-    from unetseg.inference import predictor as inference
+    from unetseg.inference.predictor import window_settings
+    from unetseg.inference.prepare import Preparation, prepare
     from unetseg.io import read_image
     from unetseg.models.package import load_package
 
     package = load_package(model)
-    settings = inference.window_settings(package, "cpu", None, None)
-    oriented, _ = inference.orient([read_image(image_path)], package)
-    spacing = tuple(reversed(oriented[0].spacing))
-    grid = inference.network_grid(oriented[0].shape, spacing, package, settings)
-    box = inference.crop_box(oriented, package, spacing, grid, settings)
-    cropped = tuple(b.stop - b.start for b in box)
-    return count_windows(inference.network_grid(cropped, spacing, package, settings), settings.roi_size)
+    settings = window_settings(package, "cpu", None, None)
+    prepared = prepare([read_image(image_path)], Preparation.from_package(package), settings)
+    return count_windows(prepared.grid, settings.roi_size)
 
 
 def speed_comparison(work: Path, image: Path, model: Path) -> None:

@@ -1,4 +1,4 @@
-"""Preprocessing shared by the predictor and the trainer: orientation, resampling, normalisation, HU priors, crops.
+"""The preprocessing operations: orientation, resampling, normalisation, HU priors, crops (`prepare` applies them).
 
 Resampling runs in torch on the tensor's device (CPU or GPU): scipy/skimage resampling is nnU-Net's most
 reported bottleneck. Torch is imported only by the functions that need it: orientation, normalisation and crops
