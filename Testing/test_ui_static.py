@@ -149,3 +149,45 @@ def test_custom_widget_classes_are_declared(ui):
     used = {w.get("class") for w in ui.iter("widget")}
     declared = {c.findtext("class") for c in ui.iter("customwidget")}
     assert {c for c in used if not c.startswith("Q")} - declared == set()
+
+
+def _text(widget: ET.Element, name: str) -> str | None:
+    for prop in widget.findall("property"):
+        if prop.get("name") == name:
+            return prop.findtext("string") or prop.findtext("bool")
+    return None
+
+
+def _collapsible_ancestors(ui: ET.Element, name: str) -> list[str]:
+    """The ctkCollapsibleButton sections a widget sits in, innermost first."""
+    parents = {child: parent for parent in ui.iter() for child in parent}
+    node, found = next(w for w in ui.iter("widget") if w.get("name") == name), []
+    while node in parents:
+        node = parents[node]
+        if node.tag == "widget" and node.get("class") == "ctkCollapsibleButton":
+            found.append(node.get("name"))
+    return found
+
+
+def test_options_start_collapsed_and_inputs_outputs_open(ui):
+    names = widgets(ui)
+    assert _text(names["optionsCollapsibleButton"], "collapsed") == "true"
+    for section in ("inputsCollapsibleButton", "outputsCollapsibleButton"):
+        assert _text(names[section], "collapsed") in (None, "false")
+
+
+def test_one_show_3d_control(ui):
+    controls = [
+        name for name, w in widgets(ui).items()
+        if w.get("class") == "qMRMLSegmentationShow3DButton" or "3D" in (_text(w, "text") or "")
+    ]
+    assert controls == ["showIn3DCheckBox"]
+
+
+def test_install_button_and_missing_packages_line_sit_beside_apply_in_view(ui):
+    parents = {child: parent for parent in ui.iter() for child in parent}
+    by_name = widgets(ui)
+    row = parents[parents[by_name["applyButton"]]]  # widget → layout item → layout
+    assert row is parents[parents[by_name["installDependenciesButton"]]]
+    for name in ("applyButton", "installDependenciesButton", "dependencyStatusLabel"):
+        assert _collapsible_ancestors(ui, name) == [], f"{name} is hidden in a collapsible section"

@@ -21,6 +21,7 @@ REQUIREMENTS_FILE = Path(__file__).resolve().parents[1] / "Resources" / "require
 TORCH_REQUIREMENT = "torch>=2.4,!=2.9.*"
 ONNX_REQUIREMENT = "onnxruntime>=1.17"
 SKIP_PACKAGES = ("torch", "SimpleITK", "requests")
+TORCH, ONNX = "torch", "onnx"  # the predictor's backends (`unetseg predict --backend`)
 # Packages that declare torch themselves: on Slicer < 5.12 (no skip_packages) they are installed without deps.
 _LEGACY_NO_DEPS = ("monai",)
 
@@ -34,10 +35,12 @@ def readRequirements(path: str | Path = REQUIREMENTS_FILE) -> list[str]:
 
 
 def isSatisfied(requirement: str) -> bool:
-    """True when the installed distribution meets the requirement (name and version specifier)."""
+    """True when the distribution is importable and its installed version meets the requirement's specifier."""
     from packaging.requirements import Requirement
 
     req = Requirement(requirement)
+    if importlib.util.find_spec(req.name.replace("-", "_")) is None:  # absent, or blocked in sys.modules
+        return False
     try:
         installed = importlib.metadata.version(req.name)
     except importlib.metadata.PackageNotFoundError:
@@ -82,9 +85,22 @@ class DependencyInstaller:
             wanted.insert(0, TORCH_REQUIREMENT if self._torchExtensionAvailable() else ONNX_REQUIREMENT)
         return missingRequirements(wanted)
 
-    def ensure(self) -> bool:
-        """Install what is missing after one confirmation; False if the user declined, raises if it failed."""
-        missing = self.missing()
+    def segmentationBackend(self, hasOnnxExport: bool) -> str:
+        """How a model runs here: "torch" when PyTorch and the packages are installed; otherwise "onnx" for a
+        model with an ONNX export (ONNX Runtime is all it needs: a stock Slicer runs it after one small install);
+        otherwise "torch", which then has to be installed."""
+        if not missingRequirements([TORCH_REQUIREMENT, *self.requirements]):
+            return TORCH
+        return ONNX if hasOnnxExport else TORCH
+
+    def missingFor(self, backend: str) -> list[str]:
+        """What a segmentation with this backend still needs: ONNX Runtime alone, or the whole install."""
+        return missingRequirements([ONNX_REQUIREMENT]) if backend == ONNX else self.missing()
+
+    def ensure(self, backend: str | None = None) -> bool:
+        """Install what is missing (for `backend`, else everything) after one confirmation; False if the user
+        declined, raises if it failed."""
+        missing = self.missingFor(backend) if backend else self.missing()
         if not missing:
             return True
         if not self._confirm(self._confirmationText(missing)):
@@ -99,7 +115,7 @@ class DependencyInstaller:
                 f"Installing Python packages failed ({exc}). Nothing was left half-installed. Check the internet "
                 "connection (or proxy), restart Slicer and try again; the Python console shows pip's output."
             ) from exc
-        still = self.missing()
+        still = self.missingFor(backend) if backend else self.missing()
         if still:
             self._rollBack(before)
             raise RuntimeError(f"After installation these packages are still missing: {', '.join(still)}.")
@@ -112,10 +128,9 @@ class DependencyInstaller:
         if TORCH_REQUIREMENT in missing:
             torchNote = "\nPyTorch is installed by the PyTorch extension, matched to your GPU (a large download)."
         elif ONNX_REQUIREMENT in missing:
-            torchNote = (
-                "\nThe PyTorch extension is not installed, so models will run with ONNX Runtime on the CPU. "
-                "Install the PyTorch extension (Extensions Manager) for GPU inference and training."
-            )
+            torchNote = "\nONNX Runtime runs the models on the CPU without PyTorch."
+            if not self._torchExtensionAvailable():
+                torchNote += " Install the PyTorch extension (Extensions Manager) for GPU inference and training."
         return (
             "U-Net Segmentation needs these Python packages, which are not installed yet:\n"
             + "\n".join(lines)

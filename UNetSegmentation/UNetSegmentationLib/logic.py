@@ -32,9 +32,11 @@ import slicer
 from unetseg.image import Label
 from unetseg.jobs.process import BackgroundProcess, BackgroundRun
 from unetseg.modality import ModalityGuess
+from unetseg.models.card import title
 from unetseg.models.catalog import Catalog
-from unetseg.vocabulary import DEFAULT_TRAINING_VARIANT, DEVICES, VARIANTS, check_choice
+from unetseg.vocabulary import DEFAULT_TRAINING_VARIANT, DEVICES, MODALITY_TITLES, VARIANTS, check_choice
 from UNetSegmentationLib import scene_io, segment_import, training_scene
+from UNetSegmentationLib.dependencies import ONNX, TORCH, DependencyInstaller
 
 MODULE_NAME = "UNetSegmentation"
 
@@ -49,10 +51,14 @@ class UNetSegmentationLogic:
     """
 
     def __init__(
-        self, catalog: Any = None, processFactory: Callable[..., BackgroundProcess] = BackgroundProcess
+        self,
+        catalog: Any = None,
+        processFactory: Callable[..., BackgroundProcess] = BackgroundProcess,
+        dependencies: Any = None,
     ) -> None:
         self._catalog = catalog
         self._processFactory = processFactory
+        self._dependencies = dependencies
 
     # --- catalog -------------------------------------------------------------------------------------
 
@@ -75,11 +81,45 @@ class UNetSegmentationLogic:
         """Validate a model zip or folder, copy it into the user's model folder; return its catalog name."""
         return self.catalog.import_model(Path(path))
 
+    @property
+    def dependencies(self) -> DependencyInstaller:
+        """What is installed in this Python and how the missing packages get installed."""
+        if self._dependencies is None:
+            self._dependencies = DependencyInstaller()
+        return self._dependencies
+
+    def segmentationBackend(self, model: Any) -> tuple[str, list[str]]:
+        """How `model` (a name or package) would run here, "torch" or "onnx", and the packages it still needs.
+
+        A model with an ONNX export runs through ONNX Runtime when PyTorch is not installed, so a stock Slicer
+        needs only that one package (and no package at all to list and describe models).
+        """
+        package = self.modelInfo(model) if isinstance(model, str) else model
+        onnxPath = getattr(package, "onnx_path", None)
+        backend = self.dependencies.segmentationBackend(bool(onnxPath) and Path(onnxPath).is_file())
+        return backend, self.dependencies.missingFor(backend)
+
     # --- inputs --------------------------------------------------------------------------------------
 
     def guessModality(self, volumeNode: Any) -> ModalityGuess:
         """The volume's modality: its DICOM series' Modality when loaded from DICOM, else a voxel-based guess."""
         return scene_io.volumeModality(volumeNode)
+
+    def modalityMismatch(self, volumeNode: Any, model: Any) -> str:
+        """A sentence saying that `model` (a name or package) is for another modality than the volume, else "".
+
+        The volume's modality comes from its DICOM tag or its voxels (`guessModality`); an unknown one is no
+        mismatch. The panel asks before running such a model: its result would mean nothing.
+        """
+        package = self.modelInfo(model) if isinstance(model, str) else model
+        guess = self.guessModality(volumeNode)
+        if guess.modality is None or guess.modality == package.modality:
+            return ""
+        return (
+            f"'{volumeNode.GetName()}' looks like {guess.title} ({guess.reason}), but the model "
+            f"'{title(package)}' was trained on {MODALITY_TITLES.get(package.modality, package.modality)}: "
+            "its result on this input would mean nothing."
+        )
 
     def getParameterNode(self) -> Any:
         """The module's singleton parameter node in the scene (created on first use), as Slicer's logic does."""
@@ -108,6 +148,7 @@ class UNetSegmentationLogic:
         waitForCompletion: bool = True,
         progressCallback: ProgressCallback | None = None,
         python: str | None = None,
+        backend: str | None = None,
     ) -> Any:
         """Segment one volume (or a model's sequences, in the model's input order) with a catalog model.
 
@@ -115,6 +156,7 @@ class UNetSegmentationLogic:
         segmentation node; otherwise a `BackgroundRun` to `poll()` (the panel) whose `result` is the node.
         `tta=None` keeps the model's test-time augmentation default, True turns mirroring TTA on, False off
         (`--tta` / `--no-tta`); `postprocess=None` keeps the model's default, False turns post-processing off.
+        `backend` ("torch" or "onnx", see `segmentationBackend`) is passed on; None lets the predictor choose.
         Writing into an existing `outputSegmentation` replaces only the segments named like this model's labels
         (see `editedSegments` to ask first). On failure or cancel the scene is left as it was.
         """
@@ -122,6 +164,8 @@ class UNetSegmentationLogic:
         package = self.modelInfo(model)
         scene_io.checkInputs(volumes, package)
         check_choice("device", device, DEVICES)
+        if backend is not None:
+            check_choice("backend", backend, (TORCH, ONNX))
         workDir = scene_io.newWorkFolder()
         try:
             inputPaths = [scene_io.writeVolume(v, workDir / f"input_{i}.nrrd") for i, v in enumerate(volumes)]
@@ -136,6 +180,7 @@ class UNetSegmentationLogic:
         args += ["--progress", "json"]
         args += [] if tta is None else ["--tta" if tta else "--no-tta"]
         args += ["--no-postprocess"] if postprocess is False else []
+        args += ["--backend", backend] if backend else []
         modelName = str(getattr(package, "name", model))
 
         def finish() -> Any:
@@ -162,6 +207,13 @@ class UNetSegmentationLogic:
         return segment_import.importLabelmap(
             labelmapPath, referenceVolume, labels, outputSegmentation, showIn3D, modelName
         )
+
+    def showIn3D(self, segmentationNode: Any, show: bool = True) -> None:
+        """Show a segmentation's surfaces in the 3D view (made from its label maps), or remove them."""
+        if show:
+            segmentationNode.CreateClosedSurfaceRepresentation()
+        else:
+            segmentationNode.RemoveClosedSurfaceRepresentation()
 
     def editedSegments(self, segmentationNode: Any, model: str | Sequence[str]) -> list[str]:
         """Names of segments that a run of `model` would replace but that differ from what a model wrote.

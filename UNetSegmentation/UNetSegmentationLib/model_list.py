@@ -1,6 +1,9 @@
 """The panel's model list: the catalog's models for the chosen (or guessed) modality and variant, described.
 
-Plain Python over the panel's combo box and labels: it imports no Qt (the widget passes the tooltip role in).
+Each entry shows the model's heading (human name, modality, body region, variant) and keeps its catalog name as
+item data; the line under the list and the tooltips are the model's card (`unetseg.models.card`): its measured
+held-out figure and, for a demonstration model, what little it was trained on. Plain Python over the panel's
+combo box and labels: it imports no Qt (the widget passes the tooltip role in).
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ from typing import Any
 
 from slicer.i18n import tr as _
 
-from unetseg.evaluation.variant_figures import variant_summary
-from unetseg.vocabulary import MODALITY_TITLES, VARIANT_TITLES
+from unetseg.models import card
+from unetseg.vocabulary import MODALITY_TITLES
+from UNetSegmentationLib.dependencies import TORCH
 from UNetSegmentationLib.panel_state import Modality, Variant
 
 
@@ -24,6 +28,7 @@ class ModelList:
         self._toolTipRole = toolTipRole
         self._key: tuple | None = None  # (modality, variant) the list was filled for
         self._infos: dict[str, Any] = {}
+        self._runPlans: dict[str, tuple[str, list[str]]] = {}
         self._modalityGuess: tuple = (None, None)  # (volume ID and image modified time, ModalityGuess)
 
     def invalidate(self) -> None:
@@ -39,16 +44,16 @@ class ModelList:
         if key == self._key:
             return
         self._key = key
-        self._infos = {}
+        self._infos, self._runPlans = {}, {}
         try:
             names = self.logic.availableModels(modality, None if variant is Variant.ANY else variant.value)
             emptyText = _(
                 "No {what} model in the catalog: choose another modality or variant, or import a model."
             ).format(what=" ".join(filter(None, [MODALITY_TITLES.get(modality), _variantWords(variant)])))
-        except Exception as exc:  # e.g. Python packages not installed yet: say so in the panel
+        except Exception as exc:  # e.g. an unreadable model folder: say so in the panel
             logging.warning("Cannot list models: %s", exc)
             names = []
-            emptyText = _("Cannot list models ({error}). Install the Python packages first.").format(error=exc)
+            emptyText = _("Cannot list models: {error}").format(error=exc)
         self._fill(parameterNode, names, emptyText)
 
     def info(self, name: str) -> Any:
@@ -61,26 +66,25 @@ class ModelList:
                 self._infos[name] = None
         return self._infos.get(name)
 
+    def runPlan(self, name: str) -> tuple[str, list[str]]:
+        """How the model would run here and what it still needs (the logic's `segmentationBackend`), cached."""
+        if name not in self._runPlans:
+            info = self.info(name)
+            self._runPlans[name] = self.logic.segmentationBackend(info) if info is not None else (TORCH, [])
+        return self._runPlans[name]
+
     def inputNames(self, name: str) -> list[str]:
         """The model's input names, in order (one "image" when the model cannot be read)."""
         info = self.info(name)
         return list(info.input_names) if info is not None else ["image"]
 
     def showInfo(self, name: str) -> None:
-        """Describe the model under the list: modality, variant, dimensions, inputs and labels."""
+        """Describe the model under the list: labels, its measured held-out figure, the demonstration note."""
         info = self.info(name)
         if info is None:
             return
-        labels = ", ".join(label.name for label in info.labels)
-        text = _("{modality} · {variant} · {dims}D · inputs: {inputs} · labels: {labels}").format(
-            modality=MODALITY_TITLES.get(info.modality, info.modality),
-            variant=VARIANT_TITLES.get(info.variant, info.variant),
-            dims=info.spatial_dims,
-            inputs=", ".join(info.input_names),
-            labels=labels,
-        )
-        self.ui.modelInfoLabel.text = text
-        self.ui.modelInfoLabel.toolTip = _modelTooltip(info)
+        self.ui.modelInfoLabel.text = card.info_line(info)
+        self.ui.modelInfoLabel.toolTip = card.tooltip(info)
 
     def _effectiveModality(self, parameterNode: Any) -> tuple:
         """The modality code to filter models by (None: all), and the Auto guess to show (or None)."""
@@ -101,10 +105,10 @@ class ModelList:
         wasBlocked = combo.blockSignals(True)
         combo.clear()
         for index, name in enumerate(names):
-            combo.addItem(name)
             info = self.info(name)
+            combo.addItem(card.heading(info) if info is not None else name, name)  # item data: the catalog name
             if info is not None:
-                combo.setItemData(index, _modelTooltip(info), self._toolTipRole)
+                combo.setItemData(index, card.tooltip(info), self._toolTipRole)
         chosen = parameterNode.model if parameterNode.model in names else (names[0] if names else "")
         combo.currentIndex = names.index(chosen) if chosen else -1
         combo.blockSignals(wasBlocked)
@@ -119,9 +123,3 @@ class ModelList:
 def _variantWords(variant: Any) -> str:
     """How a variant filter reads inside a sentence ("" for any variant)."""
     return "" if variant is Variant.ANY else variant.label()
-
-
-def _modelTooltip(info: Any) -> str:
-    """A model's description plus, where measured, its variant's figures (benchmarks/compare_variants.py)."""
-    figures = variant_summary(info.variant)
-    return info.describe() + (f"\n{figures}" if figures else "")

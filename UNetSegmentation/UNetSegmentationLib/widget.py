@@ -12,6 +12,8 @@ from slicer.i18n import tr as _
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
+from unetseg.models.card import title
+from UNetSegmentationLib.apply_state import applyState
 from UNetSegmentationLib.dependencies import DependencyInstaller
 from UNetSegmentationLib.logic import UNetSegmentationLogic
 from UNetSegmentationLib.model_list import ModelList
@@ -64,6 +66,7 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.trainButton.connect("clicked(bool)", self.onTrainButton)
         self.ui.evaluateButton.connect("clicked(bool)", self.onEvaluate)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
+        self.ui.showIn3DCheckBox.connect("toggled(bool)", self.onShowIn3DToggled)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
         self.ui.evaluateSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._updateButtons)
         self.ui.evaluateReferenceSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._updateButtons)
@@ -74,7 +77,6 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
-        self._updateDependencyStatus()
 
     def cleanup(self) -> None:
         """Module unload or application exit: stop the runs (they write nothing once cancelled)."""
@@ -137,7 +139,7 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onModelSelected(self, index: int) -> None:
         if self._parameterNode and index >= 0:
-            self._parameterNode.model = self.ui.modelComboBox.itemText(index)
+            self._parameterNode.model = self.ui.modelComboBox.itemData(index)
             info = self.models.info(self._parameterNode.model)
             if info is not None:  # the checkbox starts at the model's own default, so it shows what will run
                 self._parameterNode.tta = bool(info.inference.get("tta", False))
@@ -163,14 +165,14 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self._parameterNode:
             return
         segmenting, training = self.runs.running(SEGMENT), self.runs.running(TRAIN)
-        ready = bool(self._parameterNode.model) and all(self._inputVolumes())
-        self.ui.applyButton.text = _("Cancel") if segmenting else _("Apply")
-        self.ui.applyButton.enabled = segmenting or ready
-        self.ui.applyButton.toolTip = (
-            _("Stop the running segmentation") if segmenting
-            else _("Segment the input in the background") if ready
-            else _("Select the input volume(s) and a model")
-        )
+        model = self._parameterNode.model
+        backend, missing = self.models.runPlan(model) if model else ("", [])
+        state = applyState(segmenting, bool(model), all(self._inputVolumes()), backend, missing)
+        self.ui.applyButton.text = state.text
+        self.ui.applyButton.enabled = state.enabled
+        self.ui.applyButton.toolTip = state.toolTip
+        self.ui.dependencyStatusLabel.text = state.status
+        self.ui.installDependenciesButton.visible = state.installVisible
         self.ui.trainButton.text = _("Cancel training") if training else _("Start training")
         self.ui.refineButton.enabled = self._refineTarget() is not None
         self.ui.evaluateButton.enabled = bool(
@@ -185,9 +187,12 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.runs.cancel(SEGMENT)
             return
         with slicer.util.tryWithErrorDisplay(_("Could not start the segmentation."), waitCursor=True):
-            if not self._ensureDependencies():
-                return
             p = self._parameterNode
+            if not self._confirmModality(p.inputVolume, p.model):
+                return
+            backend, _missing = self.models.runPlan(p.model)
+            if not self._ensureDependencies(backend):
+                return
             output = p.outputSegmentation
             if output is not None and not self._confirmReplacing(output, p.model):
                 return
@@ -196,9 +201,20 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._inputVolumes(), p.model, device=p.device.value, tta=p.tta,
                 postprocess=None if p.postprocess else False, outputSegmentation=output, showIn3D=p.showIn3D,
                 waitForCompletion=False, progressCallback=lambda event: self.runs.onEvent(SEGMENT, event),
+                backend=backend,
             )
+            info = self.models.info(p.model)
             self.runs.track(SEGMENT, run, _("Segmenting '{volume}' with {model}…").format(
-                volume=p.inputVolume.GetName(), model=p.model))
+                volume=p.inputVolume.GetName(), model=title(info) if info is not None else p.model))
+
+    def _confirmModality(self, volume, model) -> bool:
+        """Ask before running a model made for another modality than the input's (True: go ahead)."""
+        mismatch = self.logic.modalityMismatch(volume, model)
+        if not mismatch:
+            return True
+        return slicer.util.confirmOkCancelDisplay(
+            mismatch + "\n\n" + _("Run it anyway?"), windowTitle=_("Model for another modality")
+        )
 
     def _confirmReplacing(self, segmentationNode, model) -> bool:
         """Ask before replacing segments that were edited by hand (True: go ahead)."""
@@ -239,7 +255,6 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _onSegmented(self, segmentationNode, elapsed: float) -> str:
         self._lastSegmentation = segmentationNode
-        self.ui.segmentationShow3DButton.setSegmentationNode(segmentationNode)
         slicer.util.setSliceViewerLayers(background=self._parameterNode.inputVolume)
         count = segmentationNode.GetSegmentation().GetNumberOfSegments()
         return _("Done in {seconds:.0f} s: '{node}' has {count} segments.").format(
@@ -268,7 +283,7 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.model = name
             self._updateGui()
             self.runs.appendLog(_("Imported model '{name}' from {path}.").format(name=name, path=path))
-            if name not in [self.ui.modelComboBox.itemText(i) for i in range(self.ui.modelComboBox.count)]:
+            if name not in [self.ui.modelComboBox.itemData(i) for i in range(self.ui.modelComboBox.count)]:
                 slicer.util.infoDisplay(_("Model '{name}' was imported; choose its modality and variant to see it.")
                                         .format(name=name))
 
@@ -302,29 +317,27 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.evaluationTableView.setMRMLTableNode(table)
 
     def onInstallDependencies(self) -> None:
+        """Install what the chosen model needs to run (next to Apply)."""
         with slicer.util.tryWithErrorDisplay(_("Installing Python packages failed."), waitCursor=True):
-            self._ensureDependencies()
+            model = self._parameterNode.model if self._parameterNode else ""
+            self._ensureDependencies(self.models.runPlan(model)[0] if model else None)
 
-    def _ensureDependencies(self) -> bool:
-        """Install missing Python packages after one confirmation; False if the user declined."""
+    def onShowIn3DToggled(self, show: bool) -> None:
+        """Show or hide the last result in 3D (the choice also applies to the next run)."""
+        node = self._lastSegmentation
+        if node is not None and node.GetScene() is slicer.mrmlScene:
+            self.logic.showIn3D(node, show)
+
+    def _ensureDependencies(self, backend: str | None = None) -> bool:
+        """Install the packages a `backend` run (else everything) needs after one confirmation; False if declined."""
         installer = DependencyInstaller(self.resourcePath("requirements.txt"), log=self.runs.appendLog)
-        if not installer.missing():
+        if not (installer.missingFor(backend) if backend else installer.missing()):
             return True
-        installed = installer.ensure()
-        self._updateDependencyStatus()
+        installed = installer.ensure(backend)
         if installed:
             self.models.invalidate()
             self._updateGui()
         return installed
-
-    def _updateDependencyStatus(self) -> None:
-        missing = DependencyInstaller(self.resourcePath("requirements.txt")).missing()
-        self.ui.dependencyStatusLabel.text = (
-            _("Missing: {names}. They are installed (after one confirmation) when you first press Apply.").format(
-                names=", ".join(missing))
-            if missing else _("All Python packages are installed.")
-        )
-        self.ui.installDependenciesButton.enabled = bool(missing)
 
     def _updateDeviceInfo(self) -> None:
         self._deviceInfoShown = True

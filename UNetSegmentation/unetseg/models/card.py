@@ -1,0 +1,102 @@
+"""How a model reads to people: its heading, what it was measured at, and whether it is only a demonstration.
+
+Everything comes from the manifest's card fields (``title``, ``body_region``, ``provenance``), so the panel,
+its tooltip and `unetseg models` say the same thing. Plain text, never a raw dict; figures are the model's
+own measurements, never a variant's figures from other data. Torch-free: the Slicer panel calls it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from unetseg.vocabulary import MODALITY_TITLES, VARIANT_TITLES
+
+_NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
+# The card's figures the tooltip lists, in order (a bundled sample's figure repeats one of these, so it is left out).
+_FIGURES = (("heldout", "Held-out"), ("robustness", "Robustness check"), ("training", "Training set"))
+
+
+def title(package: Any) -> str:
+    """The model's human name (the manifest's ``title``), else its catalog name."""
+    return str(package.manifest.get("title") or package.name)
+
+
+def heading(package: Any) -> str:
+    """Name, modality, body region and variant: "Spinal cord (T2) — MRI, spine, Attention U-Net"."""
+    manifest = package.manifest
+    parts = [
+        MODALITY_TITLES.get(package.modality, package.modality),
+        manifest.get("body_region"),
+        VARIANT_TITLES.get(package.variant, package.variant) + (" (2D)" if package.spatial_dims == 2 else ""),
+    ]
+    return f"{title(package)} — " + ", ".join(p for p in parts if p)
+
+
+def measured(package: Any) -> str:
+    """One sentence: the model's held-out Dice and on what, or plainly that it has none."""
+    metrics = package.provenance.get("metrics") or {}
+    heldout, robustness = metrics.get("heldout"), metrics.get("robustness")
+    if _has_dice(heldout):
+        return f"Held-out mean Dice {heldout['mean_dice']:.2f} ({_about(heldout)})."
+    if _has_dice(robustness):
+        return (
+            f"Not measured on held-out data; mean Dice {robustness['mean_dice']:.2f} on a robustness check "
+            f"({_about(robustness)})."
+        )
+    if isinstance(metrics.get("dice_mean"), (int, float)):  # the trainer's own validation figures
+        return f"Validation mean Dice {metrics['dice_mean']:.2f} ({metrics.get('evaluated_on', 'cases not stated')})."
+    return "No measured Dice in its card."
+
+
+def demonstration_note(package: Any) -> str:
+    """For a demonstration model (the bundled ones): what it was trained on and that it is not for clinical use."""
+    provenance = package.provenance
+    if not provenance.get("demonstration"):
+        return ""
+    subjects = provenance.get("subjects")
+    whom = (
+        f"{_NUMBER_WORDS.get(subjects, subjects)} subject{'s' if subjects != 1 else ''}"
+        if isinstance(subjects, int)
+        else f"{provenance.get('cases', '?')} case(s)"
+    )
+    return f"Demonstration model trained on {whom}: expect it to fail on other patients; not for clinical use."
+
+
+def info_line(package: Any) -> str:
+    """The panel's line under the model list: labels, the measured figure and the demonstration note."""
+    labels = ", ".join(label.name for label in package.labels)
+    return " ".join(filter(None, [f"Labels: {labels}.", measured(package), demonstration_note(package)]))
+
+
+def tooltip(package: Any) -> str:
+    """A readable multi-line description: heading, inputs and labels, every measured figure, provenance."""
+    provenance = package.provenance
+    lines = [
+        heading(package),
+        f"Catalog name {package.name}, version {package.version}.",
+        f"Reads: {', '.join(package.input_names)}. Labels: {', '.join(label.name for label in package.labels)}.",
+    ]
+    metrics = provenance.get("metrics") or {}
+    for kind, what in _FIGURES:
+        entry = metrics.get(kind)
+        if _has_dice(entry):
+            figures = ", ".join(f"{name} {value:.2f}" for name, value in entry.get("dice", {}).items())
+            lines.append(f"{what} Dice: {figures or round(entry['mean_dice'], 2)} — {_about(entry)}.")
+    if not any(_has_dice(metrics.get(kind)) for kind, _ in _FIGURES):
+        lines.append(measured(package))
+    if provenance.get("training_data"):
+        details = [f"{provenance['cases']} case(s)" if "cases" in provenance else "",
+                   f"licence {provenance['licence']}" if provenance.get("licence") else ""]
+        extra = ", ".join(filter(None, details))
+        lines.append(f"Trained on {provenance['training_data']}" + (f" ({extra})." if extra else "."))
+    lines.append(demonstration_note(package))
+    return "\n".join(filter(None, lines))
+
+
+def _has_dice(entry: Any) -> bool:
+    return isinstance(entry, dict) and isinstance(entry.get("mean_dice"), (int, float))
+
+
+def _about(entry: dict) -> str:
+    """What a metrics entry was measured on (its description, without a leading "none: ")."""
+    return str(entry.get("description") or "cases not stated").removeprefix("none: ")
