@@ -18,6 +18,7 @@ LIB_DIR = MODULE_DIR / "UNetSegmentationLib"
 CORE_DIR = MODULE_DIR / "unetseg"
 SLICER_SIDE = {"slicer", "vtk", "vtkmodules", "qt", "ctk", "PythonQt", "UNetSegmentationLib", "UNetSegmentation"}
 QT = {"qt", "ctk", "PythonQt"}
+PROJECT = {"unetseg", "UNetSegmentationLib", "UNetSegmentation"}
 
 # Slicer/ExtensionsIndex schemas/slicer-extension-catalog-entry-schema-v1.0.2.json, its rules as they matter
 # here (draft-07, additionalProperties false), and the categories its checker script accepts that we might use.
@@ -220,6 +221,27 @@ def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
         if v not in index:
             visit(v)
     return found
+
+
+def _imports_the_project(node: ast.AST) -> bool:
+    if isinstance(node, ast.ImportFrom):
+        return bool(node.level) or (node.module or "").split(".")[0] in PROJECT
+    return isinstance(node, ast.Import) and any(alias.name.split(".")[0] in PROJECT for alias in node.names)
+
+
+def test_in_function_imports_of_the_project_say_why():
+    """An import of the project's own code inside a function is allowed only to keep a heavy package unloaded."""
+    unexplained = []
+    for path in MODULE_DIR.rglob("*.py"):
+        source = path.read_text(encoding="utf-8")
+        lines = source.splitlines()
+        for function in ast.walk(ast.parse(source)):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(function):
+                if _imports_the_project(node) and "# lazy:" not in lines[node.lineno - 1]:
+                    unexplained.append(f"{path.relative_to(MODULE_DIR)}:{node.lineno}")
+    assert not unexplained, f"in-function imports of the project without a '# lazy: <package>' reason: {unexplained}"
 
 
 def test_no_import_circles():

@@ -120,7 +120,7 @@ def postprocess(
                 "The CRF step refines class probabilities: pass `probabilities` and `image` on the label grid, "
                 "or call dense_crf before the arg-max."
             )
-        from unetseg.inference.crf import dense_crf
+        from unetseg.inference.crf import dense_crf  # lazy: torch
 
         refined = dense_crf(probabilities, image, spacing).argmax(0).cpu().numpy()
         out = refined.reshape(labels.shape).astype(labels.dtype)

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from unetseg.image import Image, LabelImage, check_finite, check_same_grid
+from unetseg.inference import onnx_backend
+from unetseg.inference.postprocessing import postprocess as run_postprocessing
 from unetseg.inference.prepare import Preparation, prepare, restore
 from unetseg.inference.windows import WindowSettings
 from unetseg.models.catalog import load_model
@@ -127,8 +129,6 @@ def segment(
     labels = _predict(inputs, package, settings, backend, run)
     run.check_cancel()
     if options:
-        from unetseg.inference.postprocessing import postprocess as run_postprocessing
-
         run.report(_RESTORED, "post-processing")
         labels = run_postprocessing(labels, tuple(reversed(inputs[0].spacing)), options)
     return _finish(run, inputs[0], labels, package)
@@ -169,10 +169,8 @@ def choose_backend(backend: str, run: Progress) -> str:
 
 def _backend_module(backend: str) -> Any:
     if backend == "onnx":
-        from unetseg.inference import onnx_backend
-
         return onnx_backend
-    from unetseg.inference import torch_backend
+    from unetseg.inference import torch_backend  # lazy: torch
 
     return torch_backend
 

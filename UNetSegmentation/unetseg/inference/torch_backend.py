@@ -18,9 +18,11 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from unetseg.devices import resolve_device
+from unetseg.inference.crf import dense_crf
 from unetseg.inference.linear_resampling import ArrayOps, argmax_on_grid
 from unetseg.inference.preprocessing import resample
 from unetseg.inference.windows import WindowSettings, count_windows, gaussian_weights
+from unetseg.models.weights import build_model
 
 # Cap on windows per network call on a GPU: beyond it the GPU is saturated and latency only grows.
 _MAX_GPU_BATCH = 8
@@ -130,8 +132,6 @@ def predict_labels(
 ) -> np.ndarray:
     """Labels (z, y, x) on the grid of `volume` (C, z, y, x), the network seeing it resampled to `grid`
     (of voxel size `grid_spacing`, z, y, x mm)."""
-    from unetseg.models.weights import build_model
-
     device = resolve_device(settings.device)
     num_classes = len(settings.label_values)
     network = build_model(package, device)
@@ -154,8 +154,6 @@ def predict_labels(
 def refine_with_crf(scores: torch.Tensor, image: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
     """Class probabilities (C, z, y, x) refined by the dense CRF on the network grid (a slab of one 2D slice
     is refined in 2D), from the blended logits and the normalised first input channel."""
-    from unetseg.inference.crf import dense_crf
-
     probabilities = torch.softmax(scores.float(), dim=0)
     if scores.shape[1] == 1:
         return dense_crf(probabilities[:, 0], image[0], spacing[1:])[:, None]
