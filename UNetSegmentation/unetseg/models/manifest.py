@@ -1,8 +1,9 @@
 """The model manifest (``model.json``): its format, defaults, errors, and validation against schema and rules.
 
-The manifest (``"format": "unetseg-model/1"``) is checked against ``schemas/model.schema.json`` and a few
-rules a schema cannot state (label values fit the network, one normalisation per input…); every problem
-is reported with its JSON path.
+The manifest (``"format": "unetseg-model/1"``) is checked against ``schemas/model.schema.json`` (by the
+project's own `schema_check`, so no jsonschema is needed: Slicer's Python lacks it) and a few rules a schema
+cannot state (label values fit the network, one normalisation per input…); every problem is reported with its
+JSON path.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from unetseg.models.schema_check import schema_problems
 
 FORMAT = "unetseg-model/1"
 MANIFEST_FILE = "model.json"
@@ -54,12 +57,8 @@ def manifest_schema() -> dict:
 
 def validate_manifest(manifest: dict, source: str = MANIFEST_FILE) -> dict:
     """Return ``manifest`` if valid; otherwise raise `ManifestError` listing every problem with its JSON path."""
-    import jsonschema
-
     data = json.loads(json.dumps(manifest, default=jsonable))  # tuples and numpy values, as a file has them
-    validator = jsonschema.Draft7Validator(manifest_schema())
-    errors = sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
-    problems = [f"{e.json_path}: {e.message}" for e in errors] or _rule_problems(data)
+    problems = schema_problems(data, manifest_schema()) or _rule_problems(data)
     if problems:
         raise ManifestError(problems, source)
     return manifest
