@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -16,7 +17,7 @@ import torch
 from unetseg import cli, phantoms
 from unetseg.inference.predictor import segment
 from unetseg.jobs.runner import EXIT_FAILED
-from unetseg.models.package import save_package
+from unetseg.models.package import load_package, save_package
 from unetseg.networks.factory import build_network
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,18 +75,41 @@ def test_torch_and_onnx_backends_agree(exported):
 @pytest.mark.slow
 def test_outdated_or_missing_export_is_a_clear_error(exported, tmp_path):
     image, _ = phantoms.ct_phantom(shape=(12, 24, 24))
-    later = exported.onnx_path.stat().st_mtime + 10
-    os.utime(exported.weights_path, (later, later))
-    try:
-        with pytest.raises(ValueError, match=r"older than its weights\. Re-export it: unetseg export-onnx"):
-            segment(image, exported, device="cpu", backend="onnx")
-    finally:
-        os.utime(exported.weights_path, (time.time() - 3600,) * 2)
+    retrained = tmp_path / "retrained"
+    shutil.copytree(exported.path, retrained)
+    torch.manual_seed(2)  # new weights under the old export
+    save_package(retrained, exported.manifest, build_network(exported.network_config).state_dict())
+    with pytest.raises(ValueError, match=r"older than its weights\. Re-export it: unetseg export-onnx"):
+        segment(image, load_package(retrained), device="cpu", backend="onnx")
     torch.manual_seed(1)
     manifest = {**_random_model_manifest(), "name": "not-exported"}
     other = save_package(tmp_path / "other", manifest, build_network(manifest["network"]).state_dict())
     with pytest.raises(ValueError, match=r"has no ONNX export.*unetseg export-onnx not-exported"):
         segment(image, other, device="cpu", backend="onnx")
+
+
+@pytest.mark.slow
+def test_export_is_checked_by_content_not_by_file_times(exported, tmp_path):
+    """A git checkout or an install may leave the weights newer than their export: that export is still current.
+    An export made before the digest was recorded falls back to comparing the file times."""
+    import onnx
+
+    image, _ = phantoms.ct_phantom(shape=(12, 24, 24))
+    later = exported.onnx_path.stat().st_mtime + 10
+    os.utime(exported.weights_path, (later, later))
+    try:
+        assert segment(image, exported, device="cpu", backend="onnx").image.same_grid(image)
+    finally:
+        os.utime(exported.weights_path, (time.time() - 3600,) * 2)
+    legacy = tmp_path / "legacy"
+    shutil.copytree(exported.path, legacy)
+    model = onnx.load(str(legacy / "model.onnx"))
+    del model.metadata_props[:]
+    onnx.save(model, str(legacy / "model.onnx"))
+    later = (legacy / "model.onnx").stat().st_mtime + 10
+    os.utime(legacy / "weights.safetensors", (later, later))
+    with pytest.raises(ValueError, match=r"older than its weights\. Re-export it"):
+        segment(image, load_package(legacy), device="cpu", backend="onnx")
 
 
 def test_export_of_a_missing_model_fails_cleanly(tmp_path, capsys):

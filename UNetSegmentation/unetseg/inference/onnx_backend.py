@@ -8,6 +8,7 @@ weights as MONAI's). Only `export_onnx` needs torch, and imports it when called.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,9 @@ from unetseg.models.package import ModelPackage
 from unetseg.models.weights import build_model
 
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
+# The export's metadata entry holding the SHA-256 of the weights it was made from: a shipped or copied export
+# is checked by content, since file times after a git checkout or an install say nothing about which is newer.
+WEIGHTS_DIGEST_KEY = "unetseg.weights_sha256"
 # Largest |torch − onnxruntime| logit difference accepted right after an export, relative to the largest logit.
 _EXPORT_TOLERANCE = 1e-4
 
@@ -30,8 +34,9 @@ _EXPORT_TOLERANCE = 1e-4
 def export_onnx(model: ModelPackage | str) -> Path:
     """Write the network of a package (object, catalog name or folder) next to its weights, dynamic axes.
 
-    Uses torch's current (torch.export-based) exporter with every batch and spatial axis dynamic, then
-    checks ONNX Runtime against torch on one batch of windows before keeping the file (atomically).
+    Uses torch's current (torch.export-based) exporter with every batch and spatial axis dynamic, records the
+    weights' digest in the export's metadata, then checks ONNX Runtime against torch on one batch of windows
+    before keeping the file (atomically).
     """
     import torch
     from torch.export import Dim
@@ -54,10 +59,28 @@ def export_onnx(model: ModelPackage | str) -> Path:
             external_data=False,
             dynamo=True,
         )
+        _record_weights_digest(temporary, weights_digest(package.weights_path))
         with torch.no_grad():
             expected = network(example).numpy()
         _check_export(temporary, example.numpy(), expected)
     return target
+
+
+def weights_digest(path: Path) -> str:
+    """The SHA-256 (hex) of a weights file, as recorded in the exports made from it."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _record_weights_digest(path: Path, digest: str) -> None:
+    import onnx  # lazy: only exports (which need torch) write ONNX files
+
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, WEIGHTS_DIGEST_KEY: digest})
+    onnx.save(model, str(path))
 
 
 def _check_export(path: Path, example: np.ndarray, expected: np.ndarray) -> None:
@@ -85,17 +108,26 @@ def _session(path: Path, device: str) -> Any:
 
 
 def open_session(package: ModelPackage, device: str = "auto") -> Any:
-    """An ONNX Runtime session on a package's export; a missing or outdated export is a clear error."""
+    """An ONNX Runtime session on a package's export; a missing or outdated export is a clear error.
+
+    An export that records its weights' digest is current when the weights still have it; an older export
+    without one is current when it is newer than the weights file.
+    """
     path = package.onnx_path
     name = package.manifest["name"]
     if not path.is_file():
         raise ValueError(f"Model '{name}' has no ONNX export ({path}). Create it with: unetseg export-onnx {name}")
+    session = _session(path, device)
     weights = package.weights_path
-    if weights.is_file() and weights.stat().st_mtime > path.stat().st_mtime:
+    recorded = session.get_modelmeta().custom_metadata_map.get(WEIGHTS_DIGEST_KEY)
+    if weights.is_file() and (
+        weights_digest(weights) != recorded if recorded else weights.stat().st_mtime > path.stat().st_mtime
+    ):
         raise ValueError(
-            f"The ONNX export of model '{name}' is older than its weights. Re-export it: unetseg export-onnx {name}"
+            f"The ONNX export of model '{name}' is out of date: it is older than its weights. "
+            f"Re-export it: unetseg export-onnx {name}"
         )
-    return _session(path, device)
+    return session
 
 
 class WindowRunner:
