@@ -4,7 +4,8 @@ For each model in `MODELS`: build its training folder (`bundled_datasets.py`), r
 within the stated time budget, measure its Dice on the held-out cases (where any exist), on the training cases
 and on its bundled sample, store the weights in half precision when that costs no accuracy, and write the
 package to ``UNetSegmentation/Resources/Models/<name>/`` with provenance (data, licence, cases, the exact
-training command, CPU time) and those metrics. Finally each sample in samples.json gets its model.
+training command, CPU time) and those metrics, and its ONNX export beside it (`bundled_onnx.py`, so a stock
+Slicer runs it without PyTorch). Finally each sample in samples.json gets its model.
 
     python benchmarks/bundled_models.py [NAME ...] [--data-root /work/bundled-data] [--budget-scale 1.0]
 
@@ -30,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bundled_datasets  # sibling scripts
+import bundled_onnx
 import model_cards
 
 HALF_TOLERANCE = 0.01  # fp16 storage is kept when it changes no mean Dice by more than this
@@ -41,6 +43,8 @@ class ModelSpec:
     """How one bundled model is trained and checked."""
 
     name: str
+    title: str  # the human name the panel shows (with modality, body region and variant)
+    body_region: str
     variant: str
     minutes: float
     train_args: tuple[str, ...] = ()
@@ -51,6 +55,7 @@ class ModelSpec:
     links_sample: bool = True  # samples.json names this model as the one that segments its sample
     postprocessing: tuple[tuple[str, object], ...] = (("largest_component", True),)  # stored in the manifest
     inference_patch: tuple[int, ...] | None = None  # a larger window than the training patch (None: the same)
+    subjects: int = 1  # how many people the training data comes from (the card says it is a demonstration)
 
 
 # Short CPU runs favour AdamW, small patches and no per-epoch validation (the cards measure held-out data).
@@ -59,18 +64,20 @@ FAST = ("--optimizer", "adamw", "--lr", "3e-3", "--iterations-per-epoch", "25", 
 MODELS = {
     m.name: m
     for m in (
-        ModelSpec("xr-lungs-drr", "unet", 6, (*FAST, "--width", "0.25", "--batch-size", "8"), sample="xr_drr_lungs"),
-        ModelSpec("ct-spleen", "unet", 10, (*FAST, "--width", "0.125", "--patch-size", "16", "80", "80"),
-                  sample="spleen2"),
-        ModelSpec("mr-spinalcord-t2", "attention_unet", 6,
+        ModelSpec("xr-lungs-drr", "Lung fields (synthetic radiographs)", "chest", "unet", 6,
+                  (*FAST, "--width", "0.25", "--batch-size", "8"), sample="xr_drr_lungs"),
+        ModelSpec("ct-spleen", "Spleen", "abdomen", "unet", 10,
+                  (*FAST, "--width", "0.125", "--patch-size", "16", "80", "80"), sample="spleen2"),
+        ModelSpec("mr-spinalcord-t2", "Spinal cord (T2)", "cervical spine", "attention_unet", 6,
                   (*FAST, "--width", "0.125", "--patch-size", "48", "32", "48"), sample="spinalcord_t2"),
         # a whole-brain window shifts instance-norm statistics (Dice 0.76 vs 0.91 at 64³ on the sample)
-        ModelSpec("mr-brain-tissue-t1", "unet", 14, (*FAST, "--width", "0.125", "--patch-size", "48", "48", "48"),
+        ModelSpec("mr-brain-tissue-t1", "Grey and white matter (T1)", "brain", "unet", 14,
+                  (*FAST, "--width", "0.125", "--patch-size", "48", "48", "48"),
                   sample="mni152_t1_2mm", heldout_is_generalisation=False, postprocessing=(),
                   inference_patch=(64, 64, 64)),
         # nnU-Net's 2D configuration, run slice by slice: 3D patches buy too few steps for 6 organs on a CPU
-        ModelSpec("ct-abdomen-fast", "nnunet", 15, (*FAST, "--configuration", "2d", "--width", "0.25",
-                                                    "--batch-size", "12"),
+        ModelSpec("ct-abdomen-fast", "Abdominal organs, fast (3 mm)", "abdomen", "nnunet", 15,
+                  (*FAST, "--configuration", "2d", "--width", "0.25", "--batch-size", "12"),
                   sample="spleen2", sample_labels=("spleen",), heldout_labels=("spleen",), links_sample=False),
     )
 }
@@ -134,8 +141,9 @@ def card(trained, spec: ModelSpec, folder: Path, command: str, cpu_s: float, wal
     doc = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
     manifest = json.loads(json.dumps(trained.manifest))
     data = doc["training_data"].rstrip(".")
-    manifest.update(name=spec.name, version="1.0", description=f"{doc['description']}. Trained by "
-                    f"benchmarks/bundled_models.py with `unetseg train` on the CPU. Data: {data}.")
+    manifest.update(name=spec.name, title=spec.title, body_region=spec.body_region, version="1.0",
+                    description=f"{doc['description']}. Trained by benchmarks/bundled_models.py with `unetseg train` "
+                    f"on the CPU. Data: {data}.")
     manifest["inference"]["postprocessing"] = dict(spec.postprocessing)
     if spec.inference_patch:
         manifest["inference"]["patch_size"] = list(spec.inference_patch)
@@ -153,6 +161,8 @@ def card(trained, spec: ModelSpec, folder: Path, command: str, cpu_s: float, wal
         "cpu_time_s": round(cpu_s, 1),
         "wall_time_s": round(wall_s, 1),
         "trainer_validation": trainer_metrics,
+        "subjects": spec.subjects,
+        "demonstration": True,
     }
     return manifest
 
@@ -198,6 +208,7 @@ def bundle_model(spec: ModelSpec, data_root: Path, shared: Path, budget_scale: f
         if target.exists():
             shutil.rmtree(target)
         save_package(target, manifest, state, half=half)
+    bundled_onnx.export_bundled(target)
     print(f"  wrote {target} ({sum(f.stat().st_size for f in target.iterdir()) / 1e6:.1f} MB, "
           f"CPU {cpu_s / 60:.1f} min, wall {wall_s / 60:.1f} min): {json.dumps(metrics)}")
     return target
@@ -220,6 +231,7 @@ def recard(spec: ModelSpec, data_root: Path, shared: Path) -> Path:
         manifest["provenance"]["metrics"] = measure_all(save_package(Path(tmp) / spec.name, manifest, state, half),
                                                         spec, folder, data_root, shared)
     save_package(target, manifest, state, half=half)
+    bundled_onnx.export_bundled(target)
     means = {k: v["mean_dice"] for k, v in manifest["provenance"]["metrics"].items()}
     print(f"{spec.name}: re-measured {means}")
     return target

@@ -27,7 +27,8 @@ def heading(package: Any) -> str:
     parts = [
         MODALITY_TITLES.get(package.modality, package.modality),
         manifest.get("body_region"),
-        VARIANT_TITLES.get(package.variant, package.variant) + (" (2D)" if package.spatial_dims == 2 else ""),
+        VARIANT_TITLES.get(package.variant, package.variant),
+        "2D" if package.spatial_dims == 2 else None,
     ]
     return f"{title(package)} — " + ", ".join(p for p in parts if p)
 
@@ -59,7 +60,7 @@ def demonstration_note(package: Any) -> str:
         if isinstance(subjects, int)
         else f"{provenance.get('cases', '?')} case(s)"
     )
-    return f"Demonstration model trained on {whom}: expect it to fail on other patients; not for clinical use."
+    return f"Demonstration model trained on {whom}: not validated on other patients; not for clinical use."
 
 
 def info_line(package: Any) -> str:
@@ -85,7 +86,8 @@ def tooltip(package: Any) -> str:
     if not any(_has_dice(metrics.get(kind)) for kind, _ in _FIGURES):
         lines.append(measured(package))
     if provenance.get("training_data"):
-        details = [f"{provenance['cases']} case(s)" if "cases" in provenance else "",
+        cases = provenance.get("cases")
+        details = [f"{cases} case{'s' if cases != 1 else ''}" if isinstance(cases, int) else "",
                    f"licence {provenance['licence']}" if provenance.get("licence") else ""]
         extra = ", ".join(filter(None, details))
         lines.append(f"Trained on {provenance['training_data']}" + (f" ({extra})." if extra else "."))

@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from unetseg.models import card
 from unetseg.models.archive import MAX_UNPACKED_BYTES, extract_zip
 from unetseg.models.manifest import DEFAULT_WEIGHTS, MANIFEST_FILE, PackageError, WeightsError, read_manifest
 from unetseg.models.package import ModelPackage, load_package
@@ -99,7 +100,8 @@ class Catalog:
     def listing(self, modality: str | None = None, variant: str | None = None, details: bool = False) -> str:
         """A text listing for people (`unetseg models`): one line per model, or full descriptions."""
         models = self.models(modality, variant)
-        lines = [pkg.describe() if details else pkg.summary() for pkg in models]
+        lines = [pkg.describe() if details else f"{pkg.summary()}\n    {card.heading(pkg)}. {card.measured(pkg)}"
+                 for pkg in models]
         if not models:
             wanted = " ".join(filter(None, [modality, variant])) or "any modality"
             lines.append(f"No models for {wanted}. Import one with `unetseg models import ZIP`.")

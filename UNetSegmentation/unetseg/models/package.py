@@ -15,6 +15,7 @@ from pathlib import Path
 
 from unetseg.image import Label
 from unetseg.io.atomic import atomic_write
+from unetseg.models import card
 from unetseg.models.archive import extract_cached
 from unetseg.models.manifest import (
     DEFAULT_INFERENCE,
@@ -118,11 +119,12 @@ class ModelPackage:
             f"patch {inf['patch_size']}, overlap {inf['overlap']}",
         ]
         if prov:
-            metrics = ", ".join(f"{k} {v}" for k, v in prov.get("metrics", {}).items())
+            flat = ", ".join(f"{k} {v}" for k, v in prov.get("metrics", {}).items() if not isinstance(v, (dict, list)))
             lines.append(
                 f"  trained on {prov.get('training_data', '?')} ({prov.get('cases', '?')} cases, "
-                f"{prov.get('date', '?')}); licence {prov.get('licence', '?')}" + (f"; {metrics}" if metrics else "")
+                f"{prov.get('date', '?')}); licence {prov.get('licence', '?')}" + (f"; {flat}" if flat else "")
             )
+            lines += [f"  {text}" for text in (card.measured(self), card.demonstration_note(self)) if text]
         return "\n".join(lines)
 
 
