@@ -89,3 +89,24 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert (tmp_path / "demo-output" / f"{case}.seg.nrrd").stat().st_size > 0
     assert (tmp_path / "demo-output" / f"{case}.png").stat().st_size > 0
     assert "Dice" in out
+    unseen = [s["name"] for s in load_samples() if "ct-spleen" in s.get("heldout_for", [])]
+    assert unseen, "no shipped case that the demo's model never saw"
+    for name in unseen:  # reported next to the training case, on a patient the model never saw
+        assert (tmp_path / "demo-output" / f"{name}.seg.nrrd").stat().st_size > 0
+    assert "on a case the model was trained on" in out and "on a case the model never saw" in out
+    assert "Held-out mean Dice" in out and "Demonstration model trained on one subject" in out
+
+
+@needs_models
+def test_demo_says_plainly_when_no_unseen_case_is_shipped(tmp_path, capsys, monkeypatch):
+    from unetseg import demo
+
+    shipped = demo.load_samples()
+    monkeypatch.setattr(demo, "load_samples", lambda modality=None: [
+        s for s in shipped if not s.get("heldout_for") and modality in (None, s["modality"])
+    ])
+    segmented = []
+    monkeypatch.setattr(demo, "_segment_sample", lambda model, sample, out, role: segmented.append(sample["name"]))
+    assert demo.run_demo(tmp_path / "demo-output") == 0
+    assert segmented == ["spleen2"]
+    assert "No case this model never saw is shipped with the extension" in capsys.readouterr().out

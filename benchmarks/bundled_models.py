@@ -245,8 +245,13 @@ def link_samples() -> None:
               if m.sample and m.links_sample and (model_cards.MODELS_DIR / m.name).is_dir()}
     for sample in doc["samples"]:
         sample["model"] = owners.get(sample["name"], sample.get("model"))
+    write_samples_index(doc)
+
+
+def write_samples_index(doc: dict) -> None:
+    """Write samples.json as it is kept: indented, one-item lists on one line."""
     text = json.dumps(doc, indent=2, ensure_ascii=False)
-    # one-file lists on one line
+    path = bundled_datasets.SAMPLE_DIR / "samples.json"
     path.write_text(re.sub(r'\[\n\s+("[^"\n]*")\n\s+\]', r"[\1]", text) + "\n", encoding="utf-8")
 
 
