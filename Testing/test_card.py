@@ -1,0 +1,68 @@
+"""How a model reads to people (`unetseg.models.card`): names, not ids; its own measured figures in words;
+the demonstration note on the bundled models; never a raw dict, never a variant's figures from other data."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from tiny_models import tiny_manifest
+
+from unetseg.models import card
+from unetseg.models.catalog import Catalog
+from unetseg.models.package import ModelPackage
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "UNetSegmentation" / "Resources" / "Models"
+BUNDLED = Catalog(MODELS_DIR, MODELS_DIR / "no-user-models").models() if MODELS_DIR.is_dir() else []
+needs_models = pytest.mark.skipif(not BUNDLED, reason="no bundled model")
+
+
+def _package(**overrides) -> ModelPackage:
+    return ModelPackage(Path("/nowhere"), tiny_manifest(**overrides))
+
+
+@needs_models
+@pytest.mark.parametrize("package", BUNDLED, ids=lambda p: p.name)
+def test_bundled_models_read_as_names_with_modality_region_and_variant(package):
+    heading = card.heading(package)
+    assert package.name not in heading and heading.startswith(package.manifest["title"])
+    assert package.manifest["body_region"] in heading
+    assert any(word in heading for word in ("CT", "MRI", "X-ray"))
+    assert any(word in heading for word in ("U-Net", "nnU-Net", "V-Net"))
+
+
+@needs_models
+@pytest.mark.parametrize("package", BUNDLED, ids=lambda p: p.name)
+def test_info_line_states_the_measured_figure_and_the_demonstration(package):
+    line = card.info_line(package)
+    metrics = package.provenance["metrics"]
+    kind = "heldout" if "heldout" in metrics else "robustness"
+    assert f"{metrics[kind]['mean_dice']:.2f}" in line
+    assert ("Held-out mean Dice" if kind == "heldout" else "Not measured on held-out data") in line
+    assert "Demonstration model trained on one subject" in line and "not for clinical use" in line
+
+
+@needs_models
+@pytest.mark.parametrize("package", BUNDLED, ids=lambda p: p.name)
+def test_tooltip_is_readable_text(package):
+    text = card.tooltip(package)
+    assert not re.search(r"[{}]|\[\s*'|': ", text), f"raw Python structure in the tooltip:\n{text}"
+    assert "training-set Dice only" in text and card.demonstration_note(package) in text
+    assert "ISBI" not in text and "BraTS" not in text  # no variant comparison figures from other data
+
+
+def test_a_model_without_card_fields_reads_by_its_name_and_says_what_it_lacks():
+    package = _package(provenance={"training_data": "my scans", "cases": 12})
+    assert card.heading(package) == "tiny-ct — CT, U-Net, 2D"
+    assert card.measured(package) == "No measured Dice in its card."
+    assert card.demonstration_note(package) == ""
+    assert "Trained on my scans (12 cases)." in card.tooltip(package)
+
+
+def test_the_trainers_own_validation_figure_is_stated_with_what_it_was_measured_on():
+    metrics = {"evaluated_on": "training-set Dice only; not a measure of generalisation", "dice_mean": 0.8123}
+    package = _package(provenance={"metrics": metrics, "cases": 1})
+    assert card.measured(package) == (
+        "Validation mean Dice 0.81 (training-set Dice only; not a measure of generalisation)."
+    )
