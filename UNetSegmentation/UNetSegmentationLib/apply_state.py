@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from UNetSegmentationLib.dependencies import ONNX
 
-_HOW = {ONNX: "ONNX Runtime on the CPU (PyTorch is not installed)"}
+_HOW = {ONNX: "ONNX Runtime on the CPU, without PyTorch"}
 
 
 @dataclass(frozen=True)

@@ -147,6 +147,7 @@ class DependencyInstaller:
         if packages:
             self._log("Installing " + ", ".join(packages) + "…")
             self._installPackages(packages)
+        importlib.invalidate_caches()  # so that the check that follows (and the panel) finds the new packages
 
     def _installedOwnPackages(self) -> set[str]:
         """Names of this extension's packages (requirements and ONNX Runtime) installed right now."""
