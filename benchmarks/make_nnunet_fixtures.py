@@ -34,6 +34,7 @@ Output layout under ``--out``::
     cases/<Dataset>/imagesTs/<case>_000X.nii.gz             unseen test images
     cases/<Dataset>/labelsTs/<case>.nii.gz                  their ground truth (for sanity Dice only)
     reference/<model>/{tta,notta}/<case>.nii.gz (+ .npz)     nnUNetv2_predict's outputs
+    exports/<Dataset>__<model folder>.zip                   nnUNetv2_export_model_to_zip of the --export models
     manifest.json                                           versions, commands, timings, sizes, sanity Dice
 
 Installing nnU-Net for this without replacing the CPU torch (nnunetv2 pulls timm -> torchvision, whose wheels
@@ -285,6 +286,8 @@ def train(dataset_id: int, configuration: str, fold, epochs: int, iterations: in
     trainer.save_every = 10 ** 6
     t0 = time.perf_counter()
     trainer.run_training()
+    # what nnUNetv2_train does next (it writes fold_X/validation/summary.json, which the zip export needs)
+    trainer.perform_actual_validation(False)
     return time.perf_counter() - t0
 
 
@@ -305,17 +308,36 @@ def dice_per_label(pred: np.ndarray, ref: np.ndarray, labels) -> dict:
     return out
 
 
-def predict_reference(model_folder_results: Path, dataset_name: str, configuration: str, folds, cases: Path,
-                      out: Path, tta: bool, env: dict) -> tuple[list[str], float]:
+def predict_reference(dataset_name: str, configuration: str, folds, cases: Path, out: Path, tta: bool,
+                      probabilities: bool, env: dict) -> tuple[list[str], float]:
+    """``nnUNetv2_predict`` on the unseen cases (``-npp 0 -nps 0``: nnU-Net's sequential path, same results);
+    keeps the segmentations, the ``.npz`` probabilities (if asked) and the argument record, drops the ``.pkl``
+    property pickles and the copies of dataset.json / plans.json."""
     exe = Path(sys.executable).with_name("nnUNetv2_predict")
     cmd = [str(exe), "-i", str(cases), "-o", str(out), "-d", dataset_name, "-c", configuration, "-tr", TRAINER,
            "-p", PLANS, "-f", *[str(f) for f in folds], "-device", "cpu", "-npp", "0", "-nps", "0",
-           "--save_probabilities", "--disable_progress_bar"]
+           "--disable_progress_bar"]
+    if probabilities:
+        cmd.append("--save_probabilities")
     if not tta:
         cmd.append("--disable_tta")
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
-    return cmd, time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    for p in [*out.glob("*.pkl"), out / "dataset.json", out / "plans.json"]:
+        p.unlink(missing_ok=True)
+    return cmd, seconds
+
+
+def export_zip(dataset_name: str, configuration: str, folds, target: Path, env: dict) -> list[str]:
+    """``nnUNetv2_export_model_to_zip`` of one model (the zip a user downloads: Dataset level included)."""
+    exe = Path(sys.executable).with_name("nnUNetv2_export_model_to_zip")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    cmd = [str(exe), "-d", dataset_name, "-o", str(target), "-c", configuration, "-tr", TRAINER, "-p", PLANS,
+           "-f", *[str(f) for f in folds]]
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    return cmd
 
 
 def main(argv=None) -> int:
@@ -328,6 +350,10 @@ def main(argv=None) -> int:
     parser.add_argument("--iterations", type=int, default=40, help="training iterations per epoch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-predict", action="store_true")
+    parser.add_argument("--no-probabilities", action="store_true",
+                        help="keep only the reference segmentations (the .npz probabilities are ~3.7 MB in all)")
+    parser.add_argument("--export", nargs="*", default=["ct2d"], choices=list(MODELS),
+                        help="models also exported with nnUNetv2_export_model_to_zip into OUT/exports/")
     args = parser.parse_args(argv)
 
     out = args.out.resolve()
@@ -398,15 +424,22 @@ def main(argv=None) -> int:
                 ref = out / "reference" / key / tag
                 if ref.exists():
                     shutil.rmtree(ref)
-                cmd, secs = predict_reference(res, name, m["configuration"], m["folds"], cases, ref, tta, env)
+                cmd, secs = predict_reference(name, m["configuration"], m["folds"], cases, ref, tta,
+                                              not args.no_probabilities, env)
                 sanity = {}
                 for seg in sorted(ref.glob("*.nii.gz")):
                     gt = out / "cases" / name / "labelsTs" / seg.name
                     sanity[seg.name] = dice_per_label(sitk.GetArrayFromImage(sitk.ReadImage(str(seg))),
                                                       sitk.GetArrayFromImage(sitk.ReadImage(str(gt))), labels)
-                entry[tag] = {"command": " ".join(Path(c).name if i == 0 else c for i, c in enumerate(cmd)),
+                shown = [Path(cmd[0]).name] + [c.replace(str(out) + os.sep, "") for c in cmd[1:]]
+                entry[tag] = {"command": " ".join(shown),
                               "seconds": round(secs, 1), "dice_vs_ground_truth": sanity}
                 print(f"[{key}] nnUNetv2_predict {tag}: {secs:.1f} s; Dice vs ground truth {sanity}", flush=True)
+        if key in args.export:
+            target = out / "exports" / f"{name}__{folder_name}.zip"
+            cmd = export_zip(name, m["configuration"], m["folds"], target, env)
+            entry["export"] = {"zip": str(target.relative_to(out)), "bytes": target.stat().st_size,
+                               "command": " ".join([Path(cmd[0]).name, *cmd[1:4], target.name, *cmd[5:]])}
         manifest["models"][key] = entry
         print(f"[{key}] model folder {entry['folder_bytes'] / 1e6:.2f} MB", flush=True)
         manifest_path.parent.mkdir(parents=True, exist_ok=True)

@@ -353,6 +353,9 @@ def _read_folder(root: Path, folds, checkpoint: str, source: Path, display: str,
         if not isinstance(t_name, str) or not isinstance(c_name, str):
             raise FormatError(f"{what} does not say which trainer and configuration made it.")
         axes = ckpt.get("inference_allowed_mirroring_axes")
+        if axes is not None and (not isinstance(axes, (list, tuple)) or not all(
+                isinstance(a, int) and not isinstance(a, bool) for a in axes)):
+            raise FormatError(f"{what}: inference_allowed_mirroring_axes must be a list of axes, got {axes!r}.")
         axes = None if axes is None else [int(a) for a in axes]
         if trainer is None:  # the first fold decides, as in nnU-Net's predictor
             trainer, configuration, mirror_axes = t_name, c_name, axes
