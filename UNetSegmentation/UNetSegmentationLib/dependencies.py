@@ -17,11 +17,13 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from unetseg.vocabulary import BACKENDS
+
 REQUIREMENTS_FILE = Path(__file__).resolve().parents[1] / "Resources" / "requirements.txt"
 TORCH_REQUIREMENT = "torch>=2.4,!=2.9.*"
 ONNX_REQUIREMENT = "onnxruntime>=1.17"
 SKIP_PACKAGES = ("torch", "SimpleITK", "requests")
-TORCH, ONNX = "torch", "onnx"  # the predictor's backends (`unetseg predict --backend`)
+TORCH, ONNX = BACKENDS  # the predictor's backends (`unetseg predict --backend`)
 # Packages that declare torch themselves: on Slicer < 5.12 (no skip_packages) they are installed without deps.
 _LEGACY_NO_DEPS = ("monai",)
 

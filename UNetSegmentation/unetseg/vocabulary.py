@@ -27,6 +27,9 @@ MODALITIES = tuple(MODALITY_TITLES)
 DEVICE_TITLES = {"auto": "Auto", "cuda": "GPU (CUDA)", "mps": "Apple GPU (MPS)", "cpu": "CPU"}
 DEVICES = tuple(DEVICE_TITLES)
 
+# Inference engines: PyTorch, or ONNX Runtime on a model's ONNX export (no PyTorch needed).
+BACKENDS = ("torch", "onnx")
+
 # Hounsfield windows of the CT prior channels: lung (air outside the body falls in it too), soft tissue and
 # bone — name, lower and upper bound in HU. The network's add-on draws them as soft (sigmoid) windows, the
 # preprocessing helper `hu_prior_channels` as binary masks with both bounds included.

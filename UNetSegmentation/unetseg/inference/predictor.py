@@ -22,12 +22,11 @@ from unetseg.inference.postprocessing import postprocess as run_postprocessing
 from unetseg.inference.prepare import Preparation, prepare, restore
 from unetseg.inference.windows import WindowSettings
 from unetseg.models.catalog import load_model
-from unetseg.vocabulary import DEFAULT_OVERLAP, DEVICES, check_choice
+from unetseg.vocabulary import BACKENDS, DEFAULT_OVERLAP, DEVICES, check_choice
 
 if TYPE_CHECKING:
     from unetseg.models.package import ModelPackage
 
-BACKENDS = ("torch", "onnx")
 ProgressCallback = Callable[[float, str], None]
 
 # Where each stage ends on the overall progress scale (the windows take almost all the time).
