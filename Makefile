@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --upgrade pip
 	# torch first, alone, so that no other requirement picks a different (CUDA) build of it
 	$(PY) -m pip install "$(TORCH_SPEC)"
-	$(PY) -m pip install -e ".[test,onnx]"
+	$(PY) -m pip install -e ".[test,onnx,cluster]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -119,7 +119,7 @@ def test_json_progress_and_label_map_output(models, case, tmp_path, capsys):
 
 @pytest.mark.parametrize(("flags", "tta"), [([], None), (["--tta"], True), (["--no-tta"], False)])
 def test_tta_flags_reach_segment(flags, tta, models, case, tmp_path, capsys, monkeypatch):
-    from unetseg.jobs import predict as predict_job
+    from unetseg.jobs import predict_case as predict_job
 
     seen = []
 

@@ -14,14 +14,22 @@ from tiny_models import write_tiny_package
 from unetseg import cli
 from unetseg.jobs import runner
 from unetseg.jobs.progress import parse_progress_line
-from unetseg.jobs.runner import EXIT_CANCELLED, EXIT_CODES, EXIT_FAILED, EXIT_OK, EXIT_USAGE, JobCancelled
+from unetseg.jobs.runner import (
+    EXIT_CANCELLED,
+    EXIT_CODES,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    EXIT_USAGE,
+    JobCancelled,
+)
 
 
 def test_help_documents_every_exit_code():
     text = cli.build_parser().format_help()
     for code, meaning in EXIT_CODES.items():
         assert f"{code}  {meaning}" in text
-    assert sorted(EXIT_CODES) == [EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED] == [0, 1, 2, 3]
+    assert sorted(EXIT_CODES) == [EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED, EXIT_SOME_FAILED] == [0, 1, 2, 3, 4]
 
 
 def test_a_wrong_command_line_is_the_usage_code(capsys):

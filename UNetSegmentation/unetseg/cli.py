@@ -55,13 +55,19 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
-    p = _job_parser(sub, "predict", "predict:run", "segment an image (or one image per MRI sequence) with a model")
+    p = _job_parser(sub, "predict", "predict:run",
+                    "segment an image (or one image per MRI sequence), or a cohort of cases, with a model")
     p.add_argument("-i", "--input", action="append", required=True, metavar="IMAGE",
                    help="image file (NRRD, NIfTI, MHA…) or DICOM series folder; repeat once per input, in the "
-                        "model's input order")  # fmt: skip
+                        "model's input order. A cohort: one folder of cases (image files, DICOM series "
+                        "sub-folders), a quoted glob, or a CSV/TSV list (header row; case id, one column per "
+                        "input, optional 'output')")  # fmt: skip
     p.add_argument("-m", "--model", required=True, help="catalog name, model folder or model zip")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output file: .seg.nrrd (Slicer segmentation) or .nii.gz/.nii/.nrrd/.mha (label map)")
+                   help="output file: .seg.nrrd (Slicer segmentation), .nii.gz/.nii/.nrrd/.mha (label map) or .dcm "
+                        "(DICOM SEG of a DICOM series input); for a cohort, the output folder (OUT_DIR)")  # fmt: skip
+    p.add_argument("--format", metavar="FORMAT",
+                   help="output format: seg.nrrd (a cohort's default), nii.gz, nii, nrrd, mha or dicom-seg")
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="compute device (default: auto = CUDA, then Apple MPS, then CPU)")
     tta = p.add_mutually_exclusive_group()
@@ -73,6 +79,19 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    help="skip the model's post-processing (largest component, hole filling, islands)")
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
                    help="torch (default; ONNX Runtime is used anyway when torch is not installed) or onnx")
+    cohort = p.add_argument_group(
+        "cohorts", "a rerun skips cases whose output is complete (the run log OUT_DIR/unetseg-run.jsonl says so); "
+                   "a failed case is recorded and the others go on (exit code 4)")  # fmt: skip
+    cohort.add_argument("--workers", type=int, metavar="N",
+                        help="worker processes, each loading the model once (default: 1, in this process; the "
+                             "CPU threads are divided between them); with --ray: at most N actors")  # fmt: skip
+    cohort.add_argument("--devices", metavar="GPUS", help="GPUs to use, one worker each, e.g. 0,1")
+    cohort.add_argument("--overwrite", action="store_true", help="segment complete cases again, replacing outputs")
+    cohort.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
+                        help="run on a Ray cluster (pip install 'unetseg[cluster]'): auto (the cluster `ray start` "
+                             "joined; the default), ray://HOST:10001, or local (a private instance here)")  # fmt: skip
+    cohort.add_argument("--cpus-per-worker", type=int, metavar="N",
+                        help="with --ray on CPU nodes: CPUs (and torch threads) per actor (default: 4)")
 
 
 def _add_export_onnx(sub: argparse._SubParsersAction) -> None:

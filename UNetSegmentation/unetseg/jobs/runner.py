@@ -19,12 +19,14 @@ from typing import Any
 
 from unetseg.jobs.progress import ProgressEmitter
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED, EXIT_SOME_FAILED = 0, 1, 2, 3, 4
 EXIT_CODES = {
     EXIT_OK: "success",
     EXIT_FAILED: "failed: bad input, model, dataset or output, or refused to overwrite data (see the message)",
     EXIT_USAGE: "wrong command line: unknown option, missing or invalid argument",
-    EXIT_CANCELLED: "cancelled by Ctrl-C (SIGINT) or SIGTERM; no partial output is left",
+    EXIT_CANCELLED: "cancelled by Ctrl-C (SIGINT) or SIGTERM; no partial output is left (a cohort keeps its "
+    "finished cases: rerun to resume)",
+    EXIT_SOME_FAILED: "a cohort finished but some cases failed: each is in the run log with its error",
 }
 
 # Errors a user can cause; anything else is a bug and keeps its traceback.
@@ -37,6 +39,10 @@ Work = Callable[["Job", dict[str, Any]], None]
 
 class JobCancelled(BaseException):
     """Raised in a job when it is cancelled; a BaseException so domain code's ``except Exception`` lets it through."""
+
+
+class SomeCasesFailed(Exception):  # noqa: N818 (says what happened, like JobCancelled)
+    """Raised by a cohort that finished with failed cases (after reporting its summary): exit code 4."""
 
 
 class Job:
@@ -114,6 +120,9 @@ def run_job(command: str, target: str, options: dict[str, Any], argv: list[str],
         except (JobCancelled, KeyboardInterrupt) as error:
             job.error(describe(error) if isinstance(error, JobCancelled) else f"{command} cancelled.")
             return EXIT_CANCELLED
+        except SomeCasesFailed as error:
+            job.error(describe(error))
+            return EXIT_SOME_FAILED
         except USER_ERRORS as error:
             job.error(describe(error))
             return EXIT_CANCELLED if cancel.is_set() else EXIT_FAILED
