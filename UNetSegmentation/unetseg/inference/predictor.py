@@ -18,6 +18,7 @@ import numpy as np
 
 from unetseg.image import Image, LabelImage, check_finite, check_same_grid
 from unetseg.inference import onnx_backend
+from unetseg.inference.limits import WorkLimits, check_work
 from unetseg.inference.postprocessing import postprocess as run_postprocessing
 from unetseg.inference.prepare import Preparation, prepare, restore
 from unetseg.inference.windows import WindowSettings
@@ -94,6 +95,7 @@ def segment(
     postprocess: bool | dict | None = None,
     backend: str = "torch",
     window_batch_size: int | None = None,
+    limits: WorkLimits | None = None,
 ) -> LabelImage:
     """Segment one image (or one image per sequence, on one grid) with a model package, catalog name or path.
 
@@ -101,7 +103,9 @@ def segment(
     a constant image, a device fallback) are in ``.messages``. ``tta``/``postprocess`` of None follow the
     manifest; ``postprocess`` may also be a dict of options overriding it. ``progress(fraction, stage)`` gets
     monotone fractions ending at 1.0; setting ``cancel`` stops between window batches with
-    `SegmentationCancelled`. ``backend`` "torch" falls back to "onnx" when torch is not installed.
+    `SegmentationCancelled`. ``backend`` "torch" falls back to "onnx" when torch is not installed. An input
+    whose network grid needs more windows or memory than ``limits`` (default: `WorkLimits()`, sized to this
+    machine) is refused with `WorkTooLargeError` before anything is resampled.
     """
     check_choice("device", device, DEVICES)
     run = Progress(progress, cancel)
@@ -125,7 +129,7 @@ def segment(
         )
     options = postprocess_options(package, postprocess)
     settings = window_settings(package, device, tta, window_batch_size, crf=bool(options.pop("crf", False)))
-    labels = _predict(inputs, package, settings, backend, run)
+    labels = _predict(inputs, package, settings, backend, run, limits or WorkLimits())
     run.check_cancel()
     if options:
         run.report(_RESTORED, "post-processing")
@@ -134,10 +138,16 @@ def segment(
 
 
 def _predict(
-    inputs: list[Image], package: ModelPackage, settings: WindowSettings, backend: str, run: Progress
+    inputs: list[Image],
+    package: ModelPackage,
+    settings: WindowSettings,
+    backend: str,
+    run: Progress,
+    limits: WorkLimits,
 ) -> np.ndarray:
-    """Labels on the input grid: prepare (reorient, crop, normalise), run the backend, restore."""
+    """Labels on the input grid: prepare (reorient, crop, normalise), check the work, run the backend, restore."""
     prepared = prepare(inputs, Preparation.from_package(package), settings)
+    check_work(prepared.grid, len(inputs), settings, limits, prepared.spacing, prepared.target_spacing)
     run.report(_PREPARED, "preprocessed")
     labels = _backend_module(backend).predict_labels(
         package, prepared.volume, prepared.grid, prepared.grid_spacing, settings, run
