@@ -21,17 +21,10 @@ import pytest
 import torch
 
 from unetseg.models.formats import FormatError
-from unetseg.models.formats.monai_bundle import (
-    NETWORKS,
-    BundleError,
-    MonaiBundle,
-    build_network,
-    check_expression,
-    dedupe_state_dict,
-    project_normalization,
-    read_bundle,
-    restore_aliases,
-)
+from unetseg.models.formats.monai_bundle import MonaiBundle, project_normalization, read_bundle
+from unetseg.models.formats.monai_config import check_expression
+from unetseg.models.formats.monai_files import BundleError
+from unetseg.models.formats.monai_weights import NETWORKS, build_network, dedupe_state_dict, restore_aliases
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
