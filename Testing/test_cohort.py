@@ -12,14 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from echo_model import echo_image, echo_package
+from cohort_cases import assert_outputs, case_image, events_of, leftovers, log_of, predict, write_cases
+from echo_model import echo_package
 
-from unetseg import cli, phantoms
 from unetseg.image import Image
-from unetseg.io import read_label_image
 from unetseg.jobs import cohort_progress
 from unetseg.jobs.progress import parse_progress_line
-from unetseg.jobs.run_log import RUN_LOG_NAME, read_records
+from unetseg.jobs.run_log import RUN_LOG_NAME
 from unetseg.jobs.runner import EXIT_CANCELLED, EXIT_FAILED, EXIT_SOME_FAILED
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,47 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     return {"echo": echo_package(root / "echo"), "two": echo_package(root / "two", name="two", inputs=2)}
-
-
-def case_image(seed: int, shape: tuple[int, int, int] = (8, 20, 20)) -> tuple[Image, np.ndarray]:
-    """A small CT-shaped echo image and the labels the echo model gives back for it."""
-    _, labels = phantoms.ct_phantom(shape=shape, seed=seed)
-    labels = labels.array.clip(0, 3).astype(np.uint8)
-    return echo_image(Image(labels)), labels
-
-
-def write_cases(folder: Path, count: int, **kwargs) -> dict[str, np.ndarray]:
-    """``count`` cases as NRRD files in ``folder``; returns each case's expected labels by case id."""
-    folder.mkdir(parents=True, exist_ok=True)
-    expected = {}
-    for seed in range(count):
-        image, labels = case_image(seed, **kwargs)
-        sitk.WriteImage(image.to_sitk(), str(folder / f"case{seed}.nrrd"))
-        expected[f"case{seed}"] = labels
-    return expected
-
-
-def events_of(text: str) -> list[dict]:
-    return [e for e in (parse_progress_line(line) for line in text.splitlines()) if e is not None]
-
-
-def predict(capsys, source, model, out, *extra) -> tuple[int, list[dict]]:
-    code = cli.main(["predict", "-i", str(source), "-m", str(model), "-o", str(out), "--device", "cpu",
-                     "--progress", "json", *extra])  # fmt: skip
-    return code, events_of(capsys.readouterr().out)
-
-
-def log_of(out: Path) -> list[dict]:
-    return read_records(out / RUN_LOG_NAME)
-
-
-def leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.rglob(".tmp-*"))
-
-
-def assert_outputs(out: Path, expected: dict[str, np.ndarray], suffix: str = ".seg.nrrd") -> None:
-    for case_id, labels in expected.items():
-        np.testing.assert_array_equal(read_label_image(out / f"{case_id}{suffix}").image.array, labels, case_id)
 
 
 # ---------------------------------------------------------------------------------------------- a folder

@@ -37,13 +37,14 @@ def import_ray() -> Any:
 def connect(address: str) -> bool:
     """Connect to Ray at ``address`` unless this process already is; True when this call connected (and so
     `RayPool.close` disconnects)."""
+    if address == "local":  # read when ray is first imported
+        for name, value in LOCAL_ENVIRONMENT.items():
+            os.environ.setdefault(name, value)
     ray = import_ray()
     if ray.is_initialized():
         return False
     try:
         if address == "local":
-            for name, value in LOCAL_ENVIRONMENT.items():
-                os.environ.setdefault(name, value)
             ray.init(address="local", include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
                      logging_level="WARNING", log_to_driver=False)  # fmt: skip
         else:
