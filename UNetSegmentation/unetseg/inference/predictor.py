@@ -18,6 +18,7 @@ import numpy as np
 
 from unetseg.image import Image, LabelImage, check_finite, check_same_grid
 from unetseg.inference import onnx_backend
+from unetseg.inference.expectations import input_warnings
 from unetseg.inference.limits import WorkLimits, check_work
 from unetseg.inference.postprocessing import postprocess as run_postprocessing
 from unetseg.inference.prepare import Preparation, prepare, restore
@@ -121,6 +122,8 @@ def segment(
             "segment, so the segmentation is empty. Check that the right image was selected."
         )
         return _finish(run, inputs[0], np.zeros(inputs[0].shape, dtype=np.uint8), package)
+    for warning in input_warnings(inputs, package):
+        run.note(warning)
     if constant:
         # The other inputs still hold an image: segment, but say the model ran without part of its input.
         run.note(

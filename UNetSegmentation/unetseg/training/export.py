@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from unetseg import __version__
+from unetseg.inference.expectations import expected_from
 from unetseg.models.package import ModelPackage, save_package
 from unetseg.training.cache import training_preparation
 from unetseg.training.checkpoints import RunState, plain
@@ -39,6 +40,7 @@ def manifest(setup: Setup, opts: TrainOptions, state: RunState, metrics: dict, o
         "preprocessing": {**training_preparation(plan).to_manifest(), "slice_wise": slice_wise},
         "inference": {"patch_size": list(setup.patch_size), "overlap": DEFAULT_OVERLAP,
                       "mirror_axes": list(setup.mirror_axes), "tta": False, "postprocessing": {}},
+        "expects": expected_from(setup.modality, plan.normalization, plan.target_spacing, setup.patch_size),
         "provenance": {
             "training_data": str(info.get("training_data") or setup.dataset.root or "in-memory dataset"),
             "licence": str(info.get("licence") or info.get("license") or "unknown"),
