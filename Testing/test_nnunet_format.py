@@ -27,10 +27,12 @@ pytest.importorskip(
     reason="dynamic-network-architectures is not installed (pip install --no-deps dynamic-network-architectures)",
 )
 
-from unetseg.models.formats import FormatError, archive
+from unetseg.models import archive
+from unetseg.models.formats import FormatError
 from unetseg.models.formats.checkpoint import allowed_global_names, drop_aliases, load_checkpoint
 from unetseg.models.formats.nnunet import looks_like_nnunet, read_nnunet_model
-from unetseg.models.formats.nnunet_plans import NetworkSpec, parse_labels, resolve_configuration
+from unetseg.models.formats.nnunet_network import NetworkSpec
+from unetseg.models.formats.nnunet_plans import parse_labels, resolve_configuration
 
 # ------------------------------------------------------------------------------------------ fixture builders
 
@@ -551,8 +553,9 @@ def _symlink(zf: zipfile.ZipFile) -> None:
 
 
 @pytest.mark.parametrize("extra, message", [
-    (lambda zf: zf.writestr("../evil.txt", "x"), r"escapes the folder"),
-    (lambda zf: zf.writestr("nnUNetTrainer__nnUNetPlans__3d_fullres/../../evil.txt", "x"), r"escapes the folder"),
+    (lambda zf: zf.writestr("../evil.txt", "x"), r"escapes the target folder"),
+    (lambda zf: zf.writestr("nnUNetTrainer__nnUNetPlans__3d_fullres/../../evil.txt", "x"),
+     r"escapes the target folder"),
     (lambda zf: zf.writestr("/tmp/evil.txt", "x"), "absolute path"),
     (lambda zf: zf.writestr("C:/evil.txt", "x"), "absolute path"),
     (_symlink, "symbolic link"),

@@ -18,6 +18,11 @@ VARIANT_TITLES = {
 }
 VARIANTS = tuple(VARIANT_TITLES)
 DEFAULT_TRAINING_VARIANT = "nnunet"
+# Imported models (`unetseg models import`): the manifest's variant (and preprocessing kind) names the tool whose
+# network, preprocessing and output rules the predictor reproduces.
+NNUNET_VARIANT, MONAI_VARIANT = "nnunetv2", "monai"
+IMPORTED_VARIANT_TITLES = {NNUNET_VARIANT: "nnU-Net v2", MONAI_VARIANT: "MONAI bundle"}
+IMPORTED_VARIANTS = tuple(IMPORTED_VARIANT_TITLES)
 
 # Imaging modalities as manifests store them ("MR", not "MRI"), with the titles a person reads.
 MODALITY_TITLES = {"CT": "CT", "MR": "MRI", "XR": "X-ray"}

@@ -1,7 +1,11 @@
-"""Safe handling of zipped model packages: checks before extraction, extraction, and the unpacked-zip cache.
+"""Reading zips without trusting them: model packages, and the nnU-Net / MONAI zips made elsewhere.
 
-A zip is refused before anything is written when a member has an absolute path, a ``..`` component or is a
-symbolic link, when it would unpack beyond a size cap (zip bombs), or when its headers disagree with its data.
+`check_zip` refuses a zip before anything is read from it when a member has an absolute path (``/x``, ``C:x``), a
+``..`` component, is a symbolic link, is encrypted or appears twice, when it has more than `MAX_MEMBERS` entries,
+declares an uncompressed size above the cap, or holds a member whose compression ratio only a zip bomb reaches.
+`extract_members` then copies only the members asked for into a folder of ours, counting bytes as they are inflated
+(a header that under-states a member's size cannot make it write more) and hashing them on the way. On top of
+these, `extract_zip` / `extract_cached` unpack a zipped model package (the folder holding ``model.json``).
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ import stat
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
+from unetseg.models.formats import FormatError
 from unetseg.models.manifest import (
     DEFAULT_WEIGHTS,
     MANIFEST_FILE,
@@ -28,35 +34,107 @@ from unetseg.models.manifest import (
 )
 
 MAX_UNPACKED_BYTES = 2 * 1024**3
-"""Default cap on a zip's uncompressed size (a model zip larger than this is refused, zip bombs included)."""
+"""Default cap on a model package zip's uncompressed size (a larger one is refused, zip bombs included)."""
+MAX_IMPORT_BYTES = 16 * 1024**3
+"""Default cap on what is read from a foreign model's zip (five folds of a large nnU-Net model fit)."""
+MAX_MEMBERS = 100_000
+MAX_RATIO = 1000
+"""A member that inflates more than this many times (and to more than ``RATIO_MIN_BYTES``) is taken for a bomb."""
+RATIO_MIN_BYTES = 1 << 20
 # What zipfile raises for a damaged archive: bad headers or CRC, truncated or undecodable data, encryption.
 _DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError)
 
 
-def check_zip(zf: zipfile.ZipFile, max_bytes: int = MAX_UNPACKED_BYTES) -> str:
-    """Check a model zip before anything is extracted; return the folder prefix holding ``model.json``.
+def member_name(info: zipfile.ZipInfo) -> str:
+    """The member's path with ``/`` separators (zips written on Windows may use ``\\``)."""
+    return info.filename.replace("\\", "/")
 
-    Refuses absolute paths, ``..`` components, symbolic links and an uncompressed size above ``max_bytes``.
-    """
-    problems, total = [], 0
-    for info in zf.infolist():
-        name = info.filename.replace("\\", "/")
-        if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
-            problems.append(f"{info.filename}: absolute path")
-        elif ".." in PurePosixPath(name).parts:
-            problems.append(f"{info.filename}: escapes the target folder ('..')")
-        elif stat.S_ISLNK(info.external_attr >> 16):
-            problems.append(f"{info.filename}: symbolic link")
+
+def _member_problem(info: zipfile.ZipInfo, seen: set[str]) -> str | None:
+    """Why one member makes the zip unsafe, or None."""
+    name = member_name(info)
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        return "absolute path"
+    if ".." in PurePosixPath(name).parts:
+        return "escapes the target folder ('..')"
+    if stat.S_ISLNK(info.external_attr >> 16):
+        return "symbolic link"
+    if info.flag_bits & 0x1:
+        return "encrypted"
+    if name.rstrip("/") in seen:
+        return "appears twice"
+    if info.file_size > RATIO_MIN_BYTES and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+        return f"inflates {info.file_size / max(info.compress_size, 1):.0f} times (a zip bomb)"
+    return None
+
+
+def check_zip(zf: zipfile.ZipFile, max_bytes: int = MAX_UNPACKED_BYTES, label: str | None = None) -> list[str]:
+    """Refuse an unsafe zip (see the module doc) with `FormatError`; return its member names (``/``-separated)."""
+    label = label or str(zf.filename)
+    infos = zf.infolist()
+    if len(infos) > MAX_MEMBERS:
+        raise FormatError(f"Refusing {label}: it has {len(infos)} entries (more than {MAX_MEMBERS}).")
+    problems, seen, total = [], set(), 0
+    for info in infos:
+        problem = _member_problem(info, seen)
+        if problem:
+            problems.append(f"{info.filename}: {problem}")
+        seen.add(member_name(info).rstrip("/"))
         total += info.file_size
     if problems:
-        raise PackageError("Refusing an unsafe model zip:\n" + "\n".join(f"  - {p}" for p in problems[:SHOWN]))
+        more = f"\n  … and {len(problems) - SHOWN} more" if len(problems) > SHOWN else ""
+        listed = "\n".join(f"  - {p}" for p in problems[:SHOWN])
+        raise FormatError(f"Refusing the unsafe zip {label}:\n{listed}{more}")
     if total > max_bytes:
-        raise PackageError(
-            f"The model zip unpacks to {total / 1e9:.2f} GB, above the {max_bytes / 1e9:.2f} GB cap. "
-            "If this model really is that large, import it as a folder or raise the cap."
+        raise FormatError(
+            f"Refusing {label}: it unpacks to {total / 1e9:.2f} GB, above the {max_bytes / 1e9:.2f} GB cap "
+            "(a zip bomb, or a model too large to import from a zip: unzip it and import the folder)."
         )
+    return [member_name(i) for i in infos]
+
+
+def extract_members(zf: zipfile.ZipFile, names: Iterable[str], target: Path, strip: str = "",
+                    max_bytes: int = MAX_UNPACKED_BYTES) -> dict[str, str]:
+    """Copy the members ``names`` (``/``-separated, as `check_zip` returns them) into ``target``; ``{name: sha256}``.
+
+    ``strip`` is a folder prefix removed from each name. Stops with `FormatError` when a member inflates past its
+    declared size or the total passes ``max_bytes``, and on a damaged member (CRC, truncated data).
+    """
+    by_name = {member_name(i): i for i in zf.infolist()}
+    root = target.resolve()
+    hashes, total = {}, 0
+    for name in names:
+        info = by_name[name]
+        rel = name[len(strip):] if strip and name.startswith(strip) else name
+        dest = (root / rel).resolve()
+        if not dest.is_relative_to(root) or dest == root:
+            raise FormatError(f"Refusing zip member {info.filename}: it escapes the target folder.")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        digest, written = hashlib.sha256(), 0
+        try:
+            with zf.open(info) as src, open(dest, "wb") as out:
+                while block := src.read(1 << 20):
+                    written += len(block)
+                    total += len(block)
+                    if written > info.file_size or total > max_bytes:
+                        raise FormatError(f"Refusing {info.filename}: it inflates past its declared size "
+                                          f"({info.file_size} bytes) or the {max_bytes / 1e9:.2f} GB cap.")
+                    digest.update(block)
+                    out.write(block)
+        except _DAMAGED as e:
+            raise FormatError(f"{zf.filename} is damaged or not a readable zip file: cannot read {info.filename} "
+                              f"({e}).") from e
+        hashes[name] = digest.hexdigest()
+    return hashes
+
+
+# ------------------------------------------------------------------------------------------ model packages
+
+
+def package_prefix(names: list[str]) -> str:
+    """The folder prefix (``''`` or ``'folder/'``) of the one ``model.json`` at the zip's top level or one below."""
     manifests = sorted(
-        (n for n in zf.namelist() if PurePosixPath(n).name == MANIFEST_FILE and len(PurePosixPath(n).parts) <= 2),
+        (n for n in names if PurePosixPath(n).name == MANIFEST_FILE and len(PurePosixPath(n).parts) <= 2),
         key=lambda n: len(PurePosixPath(n).parts),
     )
     if not manifests:
@@ -68,8 +146,18 @@ def check_zip(zf: zipfile.ZipFile, max_bytes: int = MAX_UNPACKED_BYTES) -> str:
     return manifests[0][: -len(MANIFEST_FILE)]
 
 
+def is_package_zip(path: Path) -> bool:
+    """Cheap check: a readable zip holding a model package's ``model.json`` (nothing is extracted)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            package_prefix([member_name(i) for i in zf.infolist()])
+        return True
+    except (PackageError, OSError, *_DAMAGED):
+        return False
+
+
 def extract_zip(zip_path: str | os.PathLike, target: Path, max_bytes: int = MAX_UNPACKED_BYTES) -> Path:
-    """Validate a model zip (layout, manifest, weights present), then extract its package into ``target``.
+    """Validate a model package zip (safety, layout, manifest, weights present), then extract it into ``target``.
 
     A damaged zip (not a zip, a CRC or header that disagrees with the data, an encrypted member) is a
     `PackageError`, whenever it shows.
@@ -84,26 +172,20 @@ def extract_zip(zip_path: str | os.PathLike, target: Path, max_bytes: int = MAX_
 
 
 def _extract(zf: zipfile.ZipFile, zip_path: str, target: Path, max_bytes: int) -> Path:
-    prefix = check_zip(zf, max_bytes)
+    names = check_zip(zf, max_bytes, zip_path)
+    prefix = package_prefix(names)
     try:
         manifest = json.loads(zf.read(prefix + MANIFEST_FILE).decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise ManifestError([f"$: not valid JSON ({e})"], f"{zip_path}:{prefix}{MANIFEST_FILE}") from e
     validate_manifest(manifest, f"{zip_path}:{prefix}{MANIFEST_FILE}")
     weights = prefix + manifest.get("weights", DEFAULT_WEIGHTS)
-    if weights not in zf.namelist():
+    if weights not in names:
         raise WeightsError(f"The zip {zip_path} lacks the weights file {weights} its manifest names.")
+    # other top-level entries (e.g. __MACOSX/) are not part of the package
+    members = [n for n in names if n.startswith(prefix) and not n.endswith("/")]
     target.mkdir(parents=True, exist_ok=True)
-    root = target.resolve()
-    for info in zf.infolist():
-        if not info.filename.startswith(prefix) or info.is_dir():
-            continue  # other top-level entries (e.g. __MACOSX/) are not part of the package
-        dest = (root / info.filename[len(prefix) :]).resolve()
-        if not dest.is_relative_to(root):
-            raise PackageError(f"Refusing zip member {info.filename}: it escapes the target folder.")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with zf.open(info) as src, open(dest, "wb") as out:  # zipfile stops at the checked header size
-            shutil.copyfileobj(src, out)
+    extract_members(zf, members, target, strip=prefix, max_bytes=max_bytes)
     return target
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from unetseg.vocabulary import MODALITY_TITLES, VARIANT_TITLES
+from unetseg.vocabulary import IMPORTED_VARIANT_TITLES, MODALITY_TITLES, VARIANT_TITLES
 
 _NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
 # The card's figures the tooltip lists, in order (a bundled sample's figure repeats one of these, so it is left out).
@@ -27,7 +27,7 @@ def heading(package: Any) -> str:
     parts = [
         MODALITY_TITLES.get(package.modality, package.modality),
         manifest.get("body_region"),
-        VARIANT_TITLES.get(package.variant, package.variant),
+        VARIANT_TITLES.get(package.variant) or IMPORTED_VARIANT_TITLES.get(package.variant, package.variant),
         "2D" if package.spatial_dims == 2 else None,
     ]
     return f"{title(package)} — " + ", ".join(p for p in parts if p)

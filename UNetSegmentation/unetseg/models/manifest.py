@@ -70,6 +70,7 @@ def _rule_problems(m: dict) -> list[str]:
     pre, dims = m["preprocessing"], m["spatial_dims"]
     values = [label["value"] for label in labels]
     names = [i["name"] for i in inputs]
+    regions = m["inference"].get("regions")
     checks = [
         (
             net["variant"] == m["variant"],
@@ -89,7 +90,7 @@ def _rule_problems(m: dict) -> list[str]:
         (len(set(names)) == len(names), "$.inputs", f"input names repeat: {names}"),
         (len(set(values)) == len(values), "$.labels", f"label values repeat: {values}"),
         (
-            all(v < net["num_classes"] for v in values),
+            regions is not None or all(v < net["num_classes"] for v in values),
             "$.labels",
             f"values {values} must be below $.network.num_classes ({net['num_classes']})",
         ),
@@ -129,8 +130,28 @@ def _rule_problems(m: dict) -> list[str]:
             "$.preprocessing.hu_clip",
             "needs [low, high] with low < high",
         ),
+        *_region_checks(regions, net, values),
     ]
     return [f"{path}: {message}" for ok, path, message in checks if not ok]
+
+
+def _region_checks(regions: dict | None, net: dict, values: list[int]) -> list[tuple[bool, str, str]]:
+    """A region-based model: one head per region, each painted with a listed label value."""
+    if regions is None:
+        return []
+    heads = net.get("heads", net["num_classes"])
+    return [
+        (
+            len(regions["regions"]) == len(regions["class_order"]) == heads,
+            "$.inference.regions",
+            f"needs one region and one class_order entry per network head ({heads})",
+        ),
+        (
+            set(regions["class_order"]) == set(values),
+            "$.inference.regions.class_order",
+            f"paints {sorted(set(regions['class_order']))} but $.labels lists {sorted(values)}",
+        ),
+    ]
 
 
 def jsonable(value: Any) -> Any:

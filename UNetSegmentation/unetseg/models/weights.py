@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from unetseg.models.manifest import MANIFEST_FILE, SHOWN, WeightsError
+from unetseg.vocabulary import NNUNET_VARIANT
 
 if TYPE_CHECKING:
     import torch
@@ -92,11 +93,19 @@ def _unwrap_prefixes(state: dict) -> dict:
 
 
 def build_model(pkg: ModelPackage, device: str = "cpu") -> nn.Module:
-    """The package's network with its weights loaded (strictly), in eval mode on ``device``."""
+    """The package's network with its weights loaded (strictly), in eval mode on ``device``.
+
+    An imported nnU-Net model is the ensemble of its folds (`FoldEnsemble`: the mean of their logits, as nnU-Net
+    averages them), built from the manifest's ``network`` build spec.
+    """
+    state = load_state_dict(pkg)
+    if pkg.network_config["variant"] == NNUNET_VARIANT:
+        from unetseg.models.formats.nnunet_network import build_fold_ensemble  # lazy: torch
+
+        return build_fold_ensemble(pkg.network_config, state).to(device).eval()
     from unetseg.networks.factory import build_network  # lazy: torch
 
     network = build_network(pkg.network_config)
-    state = load_state_dict(pkg)
     problems = fit_problems(network.state_dict(), state)
     if problems:
         raise WeightsError(

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from unetseg.models.formats.archive import MAX_UNPACKED_BYTES
+from unetseg.models.archive import MAX_IMPORT_BYTES
 from unetseg.models.formats.checkpoint import sha256_file
 from unetseg.models.formats.monai_config import Resolver
 from unetseg.models.formats.monai_files import (
@@ -205,7 +205,7 @@ def project_normalization(steps: list[dict]) -> dict | None:
     return {"scheme": "ct", "mean": a_min - b_min * std, "std": std, "clip": [a_min, a_max]}
 
 
-def read_bundle(path: str | os.PathLike, max_bytes: int = MAX_UNPACKED_BYTES) -> MonaiBundle:
+def read_bundle(path: str | os.PathLike, max_bytes: int = MAX_IMPORT_BYTES) -> MonaiBundle:
     """Read the MONAI bundle at ``path`` (a folder, or a zip of one) into a `MonaiBundle`.
 
     Raises `BundleError` (a `FormatError`, hence a ValueError) naming what is refused and why.

@@ -6,7 +6,7 @@ Accepted layouts (``PATH`` given to :func:`read_nnunet_model`):
   and ``fold_*/checkpoint_final.pth``;
 - the ``Dataset###_Name/`` folder above it (one or several configurations: pick one with ``configuration``);
 - a zip of either, as ``nnUNetv2_export_model_to_zip`` writes (the ``Dataset###_Name/`` level may be there or not).
-  Only the files needed are read out of the zip, after :func:`unetseg.models.formats.archive.check_zip` has refused
+  Only the files needed are read out of the zip, after :func:`unetseg.models.archive.check_zip` has refused
   absolute paths, ``..``, symbolic links and zip bombs. The user's folder or zip is never written to.
 
 Folds: by default every ``fold_*`` folder holding the checkpoint (``fold_all`` included; note that
@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from unetseg.models.archive import MAX_IMPORT_BYTES, check_zip, extract_members
 from unetseg.models.formats import FormatError
-from unetseg.models.formats.archive import MAX_UNPACKED_BYTES, check_zip, extract_members
 from unetseg.models.formats.checkpoint import (
     drop_aliases,
     fit_problems,
@@ -49,17 +49,15 @@ from unetseg.models.formats.checkpoint import (
     tensor_dict,
     unwrap_prefixes,
 )
+from unetseg.models.formats.nnunet_network import NetworkSpec, network_spec, same_architecture
 from unetseg.models.formats.nnunet_plans import (
-    NetworkSpec,
     NnUNetLabels,
     NnUNetPreprocessing,
     check_not_cascade,
-    network_spec,
     parse_channels,
     parse_labels,
     parse_preprocessing,
     resolve_configuration,
-    same_architecture,
 )
 
 if TYPE_CHECKING:
@@ -216,7 +214,7 @@ def _pick(candidates: list[str], configuration: str | None, where: str) -> str:
 
 
 def read_nnunet_model(path: str | os.PathLike, folds: list[str | int] | None = None, checkpoint: str | None = None,
-                      configuration: str | None = None, max_zip_bytes: int = MAX_UNPACKED_BYTES) -> NnUNetModel:
+                      configuration: str | None = None, max_zip_bytes: int = MAX_IMPORT_BYTES) -> NnUNetModel:
     """Read and check an nnU-Net v2 model folder, dataset folder or zip (see the module doc)."""
     p = Path(path)
     checkpoint = checkpoint or DEFAULT_CHECKPOINT
