@@ -3,7 +3,8 @@
 It speaks the real JSON-lines protocol and file contract: reads the `-i` NRRD files, writes `-o` on the first
 input's grid. `FAKE_MODE` picks the behaviour: "echo" writes the label array saved in `FAKE_LABELS` (.npy),
 "sleep" reports progress then waits to be cancelled, "fail" reports an error and exits 1, "wrong-grid"
-writes a label map with another spacing. `FAKE_RECORD` (optional) receives the inputs' mean intensities.
+writes a label map with another spacing. `FAKE_RECORD` (optional) receives the inputs' mean intensities;
+`FAKE_WARNINGS` (optional, "|"-separated) become the result's messages.
 `train` reports two epochs and writes a stand-in model folder.
 """
 
@@ -64,7 +65,8 @@ def main(argv: list[str]) -> int:
         labels.SetSpacing([s * 2 for s in labels.GetSpacing()])
     sitk.WriteImage(labels, output)
     _emit(type="progress", stage="inference", fraction=1.0, message="done")
-    _emit(type="result", output=output)
+    warnings = os.environ.get("FAKE_WARNINGS")
+    _emit(type="result", output=output, messages=warnings.split("|") if warnings else [])
     return 0
 
 

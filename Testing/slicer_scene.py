@@ -113,8 +113,9 @@ def scene_fixture(mrml_scene, tmp_path, monkeypatch):
 def fake_fixture(tmp_path, monkeypatch):
     """Configure the fake predictor: `fake(mode, labels=None)` returns the logic wired to it."""
 
-    def configure(mode: str = "echo", labels: np.ndarray | None = None, input_names=("CT",), label_list=None):
-        env = {"FAKE_MODE": mode, "FAKE_RECORD": str(tmp_path / "record.json")}
+    def configure(mode: str = "echo", labels: np.ndarray | None = None, input_names=("CT",), label_list=None,
+                  warnings: tuple[str, ...] = ()):
+        env = {"FAKE_MODE": mode, "FAKE_RECORD": str(tmp_path / "record.json"), "FAKE_WARNINGS": "|".join(warnings)}
         if labels is not None:
             np.save(tmp_path / "labels.npy", labels)
             env["FAKE_LABELS"] = str(tmp_path / "labels.npy")

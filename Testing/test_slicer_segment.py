@@ -120,6 +120,17 @@ def test_absent_label_gets_an_empty_segment(scene, fake):
     assert not segment_mask(seg, "lesion", volume).any()
 
 
+def test_the_runs_warnings_stay_with_the_result_and_a_clean_run_clears_them(scene, fake):
+    image, labels = phantoms.ct_phantom(shape=CT_SHAPE)
+    volume = add_volume(image, "CT")
+    logic = fake("echo", labels.array.astype(np.uint8), warnings=("This model is for MRI images", "Spacing far off"))
+    seg = logic.segment(volume, "fake-model")
+    assert logic.segmentationWarnings(seg) == ["This model is for MRI images", "Spacing far off"]
+    clean = fake("echo", labels.array.astype(np.uint8))
+    clean.segment(volume, "fake-model", outputSegmentation=seg)
+    assert clean.segmentationWarnings(seg) == []
+
+
 # --- replacing segments in an existing node --------------------------------------------------------------
 
 

@@ -183,8 +183,10 @@ class UNetSegmentationLogic:
         args += ["--backend", backend] if backend else []
         modelName = str(getattr(package, "name", model))
 
-        def finish() -> Any:
-            return self.importLabelmap(outputPath, volumes[0], package.labels, outputSegmentation, showIn3D, modelName)
+        def finish(run: BackgroundRun) -> Any:
+            node = self.importLabelmap(outputPath, volumes[0], package.labels, outputSegmentation, showIn3D, modelName)
+            segment_import.setWarnings(node, run.warnings)
+            return node
 
         return self._run(args, finish, workDir, progressCallback, python, waitForCompletion)
 
@@ -207,6 +209,10 @@ class UNetSegmentationLogic:
         return segment_import.importLabelmap(
             labelmapPath, referenceVolume, labels, outputSegmentation, showIn3D, modelName
         )
+
+    def segmentationWarnings(self, segmentationNode: Any) -> list[str]:
+        """What the run that wrote this node warned about its input (an MR on a CT model, a spacing far off…)."""
+        return segment_import.warnings(segmentationNode)
 
     def showIn3D(self, segmentationNode: Any, show: bool = True) -> None:
         """Show a segmentation's surfaces in the 3D view (made from its label maps), or remove them."""
@@ -291,7 +297,7 @@ class UNetSegmentationLogic:
         except Exception:
             shutil.rmtree(workDir, ignore_errors=True)
             raise
-        return self._run(args, lambda: self.importModel(modelFolder), workDir, progressCallback, python,
+        return self._run(args, lambda run: self.importModel(modelFolder), workDir, progressCallback, python,
                          waitForCompletion)
 
     def trainingCurves(self, run: BackgroundRun, tableNode: Any = None) -> Any:
@@ -323,7 +329,7 @@ class UNetSegmentationLogic:
     def _run(
         self,
         args: list[str],
-        finish: Callable[[], Any],
+        finish: Callable[[BackgroundRun], Any],
         workDir: Path,
         progressCallback: ProgressCallback | None,
         python: str | None,

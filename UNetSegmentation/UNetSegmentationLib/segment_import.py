@@ -8,6 +8,7 @@ which segments someone edited by hand.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from UNetSegmentationLib.scene_io import readLabelmap
 MODEL_TAG = "UNetSegmentation.Model"
 FINGERPRINT_TAG = "UNetSegmentation.Fingerprint"
 LABEL_VALUE_TAG = "UNetSegmentation.LabelValue"
+WARNINGS_TAG = "UNetSegmentation.Warnings"  # the last run's warnings about its input, one per line
 
 
 def importLabelmap(
@@ -201,3 +203,19 @@ def _placeBeside(node: Any, besideNode: Any) -> None:
     parent = shNode.GetItemParent(besideItem)
     item = shNode.GetItemByDataNode(node) or shNode.CreateItem(parent, node)
     shNode.SetItemParent(item, parent)
+
+
+def setWarnings(segmentationNode: Any, warnings: list[str]) -> None:
+    """Keep the run's warnings on the node (one per line; removed when there are none) and log them."""
+    if warnings:
+        segmentationNode.SetAttribute(WARNINGS_TAG, "\n".join(warnings))
+        for warning in warnings:
+            logging.warning("%s: %s", segmentationNode.GetName(), warning)
+    else:
+        segmentationNode.RemoveAttribute(WARNINGS_TAG)
+
+
+def warnings(segmentationNode: Any) -> list[str]:
+    """The warnings of the run that last wrote this node (empty when it had none)."""
+    text = segmentationNode.GetAttribute(WARNINGS_TAG)
+    return text.split("\n") if text else []

@@ -257,8 +257,14 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._lastSegmentation = segmentationNode
         slicer.util.setSliceViewerLayers(background=self._parameterNode.inputVolume)
         count = segmentationNode.GetSegmentation().GetNumberOfSegments()
-        return _("Done in {seconds:.0f} s: '{node}' has {count} segments.").format(
+        done = _("Done in {seconds:.0f} s: '{node}' has {count} segments.").format(
             seconds=elapsed, node=segmentationNode.GetName(), count=count)
+        warnings = self.logic.segmentationWarnings(segmentationNode)
+        if not warnings:
+            return done
+        # Warnings about the input are part of the result: shown, not only logged.
+        slicer.util.warningDisplay("\n\n".join(warnings), windowTitle=_("U-Net Segmentation: check the result"))
+        return done + " " + _("{count} warning(s): see the log.").format(count=len(warnings))
 
     def _onTrained(self, run, elapsed: float) -> str:
         self.runs.updateCurves(run)

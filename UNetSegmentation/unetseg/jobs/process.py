@@ -173,14 +173,14 @@ class BackgroundRun:
     """One background job (a segmentation or a training run) that the caller polls from its own (GUI) thread.
 
     ``poll()`` forwards the child's events to ``progress_callback`` and, once the child has exited, finishes
-    the job on the polling thread (a Slicer scene is only touched there): ``finish()`` gives ``result`` on
+    the job on the polling thread (a Slicer scene is only touched there): ``finish(run)`` gives ``result`` on
     success, otherwise ``error`` says what went wrong. ``cleanup()`` (temporary files) runs in every case.
     """
 
     def __init__(
         self,
         process: BackgroundProcess,
-        finish: Callable[[], Any],
+        finish: Callable[[BackgroundRun], Any],
         cleanup: Callable[[], None],
         progress_callback: Callable[[dict], None] | None = None,
     ) -> None:
@@ -204,6 +204,11 @@ class BackgroundRun:
     def succeeded(self) -> bool:
         """True once the job has finished without error."""
         return self._done and self.error is None
+
+    @property
+    def warnings(self) -> list[str]:
+        """The messages of the child's result: what the user must see (e.g. an input unlike the model's data)."""
+        return [str(m) for e in self.events if e.get("type") == "result" for m in e.get("messages") or []]
 
     def start(self) -> BackgroundRun:
         """Launch the child process; on failure to launch, clean up and re-raise."""
@@ -259,7 +264,7 @@ class BackgroundRun:
             elif self.process.returncode != 0:
                 self.error = self._failure_message()
             else:
-                self.result = self._finish()
+                self.result = self._finish(self)
         except Exception as exc:  # reported through `error`; `wait` re-raises it with its traceback
             self.exception = exc
             self.error = f"{type(exc).__name__}: {exc}"
