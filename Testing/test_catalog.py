@@ -9,7 +9,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from tiny_models import tiny_manifest, write_tiny_package
+from tiny_models import tiny_manifest, tiny_state_dict, write_tiny_package
 
 from unetseg.cli import main
 from unetseg.jobs.runner import EXIT_FAILED
@@ -17,6 +17,7 @@ from unetseg.models import archive as archive_module
 from unetseg.models import catalog as catalog_module
 from unetseg.models.catalog import Catalog, normalize_modality, user_data_dir, user_models_dir
 from unetseg.models.manifest import ManifestError, PackageError, WeightsError
+from unetseg.models.package import save_package
 
 MR_NETWORK = {
     "variant": "nnunet",
@@ -280,3 +281,22 @@ def test_listing_models_does_not_load_torch(dirs):
         [sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_import_refuses_weights_that_do_not_fit_the_manifest_and_leaves_the_catalog_unchanged(tmp_path):
+    manifest = tiny_manifest("four-classes")
+    manifest["network"]["num_classes"] = 4  # the weights were trained with 3
+    manifest["labels"].append({"value": 3, "name": "kidney", "color": [0.1, 0.2, 0.3]})
+    source = tmp_path / "source"
+    save_package(source, manifest, tiny_state_dict())
+    catalog = Catalog(bundled_dir=tmp_path / "none", user_dir=tmp_path / "user")
+    with pytest.raises(WeightsError, match=r"do not fit the network.*shape mismatch"):
+        catalog.import_model(source)
+    assert catalog.names() == [] and list((tmp_path / "user").iterdir()) == []
+
+
+def test_a_manifest_naming_an_unknown_network_is_refused(tmp_path):
+    manifest = tiny_manifest("mystery", variant="transunet")
+    manifest["network"]["variant"] = "transunet"
+    with pytest.raises(ManifestError, match=r"\$\.network\.variant.*'transunet', not a network this version can build"):
+        save_package(tmp_path / "m", manifest, tiny_state_dict())

@@ -17,6 +17,8 @@ VARIANT_TITLES = {
     "nnunet": "nnU-Net (auto-configured)",
 }
 VARIANTS = tuple(VARIANT_TITLES)
+# Networks imported from the field's formats (`unetseg models import`): built from their own build spec.
+IMPORTED_VARIANT_TITLES = {"nnunetv2": "nnU-Net v2 (imported)", "monai": "MONAI bundle (imported)"}
 DEFAULT_TRAINING_VARIANT = "nnunet"
 # Imported models (`unetseg models import`): the manifest's variant (and preprocessing kind) names the tool whose
 # network, preprocessing and output rules the predictor reproduces.

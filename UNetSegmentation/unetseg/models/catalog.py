@@ -19,6 +19,7 @@ from unetseg.models import card
 from unetseg.models.archive import MAX_UNPACKED_BYTES, extract_zip
 from unetseg.models.manifest import DEFAULT_WEIGHTS, MANIFEST_FILE, PackageError, WeightsError, read_manifest
 from unetseg.models.package import ModelPackage, load_package
+from unetseg.models.verify import verify_loadable
 
 logger = logging.getLogger(__name__)
 
@@ -128,8 +129,9 @@ class Catalog:
     ) -> str:
         """Copy a model (zip or folder) into the user folder after validating it; return its name.
 
-        The manifest and the presence of the weights are checked before anything is copied; a zip is also
-        checked for paths escaping the target, symbolic links and its uncompressed size (``max_bytes``).
+        The manifest, and that the weights fit the network it describes, are checked before anything is copied;
+        a zip is also checked for paths escaping the target, symbolic links and its uncompressed size
+        (``max_bytes``).
         A name already in the catalog is refused unless ``replace`` is True.
         """
         source = Path(path).expanduser()
@@ -149,6 +151,7 @@ class Catalog:
                 # a training run's folder also holds its resumable checkpoints: the package does not need them
                 shutil.copytree(source, unpacked, ignore=shutil.ignore_patterns("checkpoints", "__pycache__"))
             pkg = load_package(unpacked)
+            verify_loadable(pkg)
             self._check_clash(pkg.name, replace)
             target = self.user_dir / pkg.name
             if target.exists():  # moved aside, not deleted, until the new copy is in place

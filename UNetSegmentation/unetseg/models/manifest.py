@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from unetseg.models.schema_check import schema_problems
+from unetseg.vocabulary import DEFAULT_OVERLAP, IMPORTED_VARIANT_TITLES, VARIANTS
 
 FORMAT = "unetseg-model/1"
 MANIFEST_FILE = "model.json"
@@ -31,7 +32,7 @@ DEFAULT_PREPROCESSING = {
     "crop": None,
     "slice_wise": False,
 }
-DEFAULT_INFERENCE = {"overlap": 0.5, "mirror_axes": [], "tta": False, "postprocessing": {}}
+DEFAULT_INFERENCE = {"overlap": DEFAULT_OVERLAP, "mirror_axes": [], "tta": False, "postprocessing": {}}
 
 class PackageError(ValueError):
     """A model package that cannot be used; the message says what is wrong and how to fix it."""
@@ -71,7 +72,13 @@ def _rule_problems(m: dict) -> list[str]:
     values = [label["value"] for label in labels]
     names = [i["name"] for i in inputs]
     regions = m["inference"].get("regions")
+    known = (*VARIANTS, *IMPORTED_VARIANT_TITLES)
     checks = [
+        (
+            net["variant"] in known,
+            "$.network.variant",
+            f"is {net['variant']!r}, not a network this version can build ({', '.join(known)})",
+        ),
         (
             net["variant"] == m["variant"],
             "$.network.variant",
