@@ -12,8 +12,9 @@ import sys
 from collections.abc import Callable, Sequence
 
 from unetseg import __version__
+from unetseg.inference.limits import DEFAULT_MAX_WINDOWS
 from unetseg.jobs.runner import EXIT_OK, exit_code_table, run_job
-from unetseg.vocabulary import DEFAULT_TRAINING_VARIANT, DEVICES, MODALITIES, VARIANTS
+from unetseg.vocabulary import BACKENDS, DEFAULT_TRAINING_VARIANT, DEVICES, MODALITIES, VARIANTS
 
 # Parser options that choose the job and its reporting rather than being passed to it.
 _RUNNER_KEYS = ("command", "job", "models_command", "progress")
@@ -77,8 +78,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                      help="no test-time augmentation, even where the model's manifest turns it on")
     p.add_argument("--no-postprocess", dest="postprocess", action="store_const", const=False, default=None,
                    help="skip the model's post-processing (largest component, hole filling, islands)")
-    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+    p.add_argument("--backend", choices=BACKENDS, default="torch",
                    help="torch (default; ONNX Runtime is used anyway when torch is not installed) or onnx")
+    p.add_argument("--max-memory-gb", type=float, metavar="GB",
+                   help="refuse an input whose network grid needs more memory (default: 3/4 of this machine's)")
+    p.add_argument("--max-windows", type=int, default=DEFAULT_MAX_WINDOWS, metavar="N",
+                   help=f"refuse an input that needs more sliding windows (default: {DEFAULT_MAX_WINDOWS})")
     cohort = p.add_argument_group(
         "cohorts", "a rerun skips cases whose output is complete (the run log OUT_DIR/unetseg-run.jsonl says so); "
                    "a failed case is recorded and the others go on (exit code 4)")  # fmt: skip

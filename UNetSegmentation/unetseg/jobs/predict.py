@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from unetseg.inference.limits import DEFAULT_MAX_WINDOWS, WorkLimits
 from unetseg.jobs.cohort import COHORT_OPTIONS, run_cohort
 from unetseg.jobs.cohort_inputs import is_cohort
 from unetseg.jobs.predict_case import predict_to_file
@@ -28,7 +29,12 @@ def run(job: Job, options: dict[str, Any]) -> None:
                          "CSV/TSV list.")  # fmt: skip
     path, messages = predict_to_file(options["input"], options["model"], options["output"], options["device"],
                                      options["tta"], options["postprocess"], options["backend"], job.emitter,
-                                     job.cancel, options.get("format"))  # fmt: skip
+                                     job.cancel, options.get("format"), work_limits(options))  # fmt: skip
     for message in messages:
         job.log(message)
     job.result(f"Wrote {path}", output=path, messages=messages)
+
+
+def work_limits(options: dict[str, Any]) -> WorkLimits:
+    """The `--max-memory-gb` / `--max-windows` ceilings (defaults sized to this machine)."""
+    return WorkLimits(options.get("max_memory_gb"), options.get("max_windows") or DEFAULT_MAX_WINDOWS)

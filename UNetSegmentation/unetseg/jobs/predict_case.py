@@ -11,6 +11,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from unetseg.inference.limits import WorkLimits
 from unetseg.inference.predictor import SegmentationCancelled, segment
 from unetseg.io import LABEL_MAP_SUFFIXES, SEGMENTATION_SUFFIX, atomic_write, read_images, write_label_image
 from unetseg.io.dicom_seg import DICOM_SEG_SUFFIX, series_files, write_dicom_seg
@@ -74,6 +75,7 @@ def predict_to_file(
     progress: ProgressEmitter | None = None,
     cancel: threading.Event | None = None,
     output_format: str | None = None,
+    limits: WorkLimits | None = None,
 ) -> tuple[Path, list[str]]:
     """Segment the image file(s) with a model and write the result to `output`; return its path and messages.
 
@@ -90,7 +92,7 @@ def predict_to_file(
         images = read_images(list(inputs))
         package = load_model(model)
         result = segment(images, package, device=device, progress=progress, cancel=cancel, tta=tta,
-                         postprocess=postprocess, backend=backend)  # fmt: skip
+                         postprocess=postprocess, backend=backend, limits=limits)  # fmt: skip
         if dicom_seg:
             write_dicom_seg(temporary, result, Path(inputs[0]).expanduser(), package.name, package.version)
         else:
