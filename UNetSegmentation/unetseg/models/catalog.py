@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from unetseg.models import card
@@ -141,16 +142,26 @@ class Catalog:
         if not is_zip:
             source = source.parent if source.name == MANIFEST_FILE else source
             _check_folder(source, max_bytes)
+
+        def unpack(folder: Path) -> ModelPackage:
+            if is_zip:
+                extract_zip(source, folder, max_bytes)
+            else:
+                # a training run's folder also holds its resumable checkpoints: the package does not need them
+                shutil.copytree(source, folder, ignore=shutil.ignore_patterns("checkpoints", "__pycache__"))
+            return load_package(folder)
+
+        return self.install(unpack, replace)
+
+    def install(self, write: Callable[[Path], ModelPackage], replace: bool = False) -> str:
+        """Put a package into the user folder: ``write(folder)`` writes it into a staging folder beside the user
+        models; once it is checked (`verify_loadable`) and its name is free (or ``replace``), it is moved into place
+        under its name. If anything fails, the user folder is left as it was. Returns the name."""
         self.user_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".import-", dir=self.user_dir))
         try:
             unpacked = staging / "package"
-            if is_zip:
-                extract_zip(source, unpacked, max_bytes)
-            else:
-                # a training run's folder also holds its resumable checkpoints: the package does not need them
-                shutil.copytree(source, unpacked, ignore=shutil.ignore_patterns("checkpoints", "__pycache__"))
-            pkg = load_package(unpacked)
+            pkg = write(unpacked)
             verify_loadable(pkg)
             self._check_clash(pkg.name, replace)
             target = self.user_dir / pkg.name
