@@ -1,4 +1,4 @@
-"""Default colours and Slicer terminology strings for the labels of a newly trained model.
+"""Default colours, readable names and Slicer terminology for the labels of a newly trained or imported model.
 
 A dataset usually names its labels ("spleen", "left kidney") without codes; the trainer looks the names up
 here so a new model's segments arrive in Slicer with a standard terminology entry. The map is deliberately
@@ -8,6 +8,7 @@ Unknown names get no terminology (Slicer then shows the name only) and a colour 
 
 from __future__ import annotations
 
+import colorsys
 import re
 
 _ANATOMY = "Segmentation category and type - DICOM master list~SCT^123037004^Anatomical Structure~"
@@ -62,5 +63,26 @@ def default_terminology(name: str) -> str | None:
 
 
 def default_color(index: int) -> tuple[float, float, float]:
-    """The palette colour of the ``index``-th foreground label (1-based), cycling."""
-    return PALETTE[(index - 1) % len(PALETTE)]
+    """The colour of the ``index``-th foreground label (1-based): the palette, then hues a golden angle apart
+    (alternating saturation and brightness), so that models with many labels still get distinct colours."""
+    if index <= len(PALETTE):
+        return PALETTE[index - 1]
+    k = index - len(PALETTE)
+    hue = (0.07 + k * 0.618033988749895) % 1.0
+    rgb = colorsys.hsv_to_rgb(hue, (0.55, 0.75, 0.4)[k % 3], (0.9, 0.7, 0.8)[k % 3])
+    return tuple(round(c, 3) for c in rgb)  # type: ignore[return-value]
+
+
+def readable_name(name: str) -> str:
+    """A label or channel name for people: underscores become spaces (``kidney_left`` becomes ``kidney left``)."""
+    return re.sub(r"\s+", " ", name.replace("_", " ")).strip() or name
+
+
+def label_entry(value: int, name: str, index: int) -> dict:
+    """A manifest label for an imported model's class: its readable name, the ``index``-th default colour and
+    Slicer terminology where the name is a known structure."""
+    entry: dict = {"value": value, "name": readable_name(name), "color": list(default_color(index))}
+    terminology = default_terminology(name)
+    if terminology:
+        entry["terminology"] = terminology
+    return entry
