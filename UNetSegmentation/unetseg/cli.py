@@ -14,7 +14,14 @@ from collections.abc import Callable, Sequence
 from unetseg import __version__
 from unetseg.inference.limits import DEFAULT_MAX_WINDOWS
 from unetseg.jobs.runner import EXIT_OK, exit_code_table, run_job
-from unetseg.vocabulary import BACKENDS, DEFAULT_TRAINING_VARIANT, DEVICES, MODALITIES, VARIANTS
+from unetseg.vocabulary import (
+    BACKENDS,
+    DEFAULT_TRAINING_VARIANT,
+    DEVICES,
+    IMPORTED_VARIANTS,
+    MODALITIES,
+    VARIANTS,
+)
 
 # Parser options that choose the job and its reporting rather than being passed to it.
 _RUNNER_KEYS = ("command", "job", "models_command", "progress")
@@ -46,13 +53,21 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     p = _job_parser(sub, "models", "models:run_list",
                     "list the model catalog (bundled and user models), or import a model")
     p.add_argument("--modality", type=str.upper, choices=MODALITIES, help="only models for this modality")
-    p.add_argument("--variant", choices=VARIANTS, help="only models of this network variant")
+    p.add_argument("--variant", choices=VARIANTS + IMPORTED_VARIANTS, help="only models of this network variant")
     p.add_argument("--details", action="store_true", help="inputs, labels, preprocessing and provenance")
     actions = p.add_subparsers(dest="models_command", metavar="ACTION")
     imp = _job_parser(actions, "import", "models:run_import",
-                      "validate a model (zip or folder) and copy it to the user models")
-    imp.add_argument("path", help="model .zip or folder holding model.json and its weights")
+                      "validate a model (zip or folder) and copy it to the user models; an nnU-Net v2 model or a "
+                      "MONAI bundle is converted to a package")
+    imp.add_argument("path", help="model package (folder holding model.json, or its .zip), nnU-Net v2 trained-model "
+                                  "folder or zip, or MONAI bundle folder or zip")
     imp.add_argument("--replace", action="store_true", help="replace a model of the same name")
+    imp.add_argument("--name", help="catalog name of a converted model (default: dataset and configuration)")
+    imp.add_argument("--folds", nargs="+", metavar="F",
+                     help="nnU-Net folds to ensemble (0 1 … or all; default: every fold_* with the checkpoint)")
+    imp.add_argument("--checkpoint", metavar="FILE",
+                     help="nnU-Net checkpoint file name (default: checkpoint_final.pth)")
+    imp.add_argument("--configuration", help="nnU-Net configuration (e.g. 3d_fullres) when PATH holds several")
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:

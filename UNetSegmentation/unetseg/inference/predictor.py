@@ -17,19 +17,23 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from unetseg.image import Image, LabelImage, check_finite, check_same_grid
-from unetseg.inference import onnx_backend
+from unetseg.inference import nnunet_pipeline, onnx_backend
 from unetseg.inference.expectations import input_warnings
 from unetseg.inference.limits import WorkLimits, check_work
 from unetseg.inference.postprocessing import postprocess as run_postprocessing
 from unetseg.inference.prepare import Preparation, prepare, restore
 from unetseg.inference.windows import WindowSettings
 from unetseg.models.catalog import load_model
-from unetseg.vocabulary import BACKENDS, DEFAULT_OVERLAP, DEVICES, check_choice
+from unetseg.vocabulary import BACKENDS, DEFAULT_OVERLAP, DEVICES, NNUNET_VARIANT, check_choice
 
 if TYPE_CHECKING:
     from unetseg.models.package import ModelPackage
 
 ProgressCallback = Callable[[float, str], None]
+
+# Imported models' own pipelines by the manifest's preprocessing kind: each has
+# predict_labels(inputs, package, settings, backend, run, limits) -> labels on the input grid.
+IMPORTED_PIPELINES: dict[str, Any] = {NNUNET_VARIANT: nnunet_pipeline}
 
 # Where each stage ends on the overall progress scale (the windows take almost all the time).
 _PREPARED, _WINDOWS_DONE, _RESTORED = 0.05, 0.9, 0.95
@@ -148,7 +152,16 @@ def _predict(
     run: Progress,
     limits: WorkLimits,
 ) -> np.ndarray:
-    """Labels on the input grid: prepare (reorient, crop, normalise), check the work, run the backend, restore."""
+    """Labels on the input grid: prepare (reorient, crop, normalise), check the work, run the backend, restore.
+
+    An imported model runs its own tool's pipeline instead (`IMPORTED_PIPELINES`, by the manifest's
+    ``preprocessing.kind``).
+    """
+    pipeline = IMPORTED_PIPELINES.get(package.preprocessing.get("kind"))
+    if pipeline is not None:
+        labels = pipeline.predict_labels(inputs, package, settings, backend, run, limits)
+        run.report(_RESTORED, "labels on the input grid")
+        return labels
     prepared = prepare(inputs, Preparation.from_package(package), settings)
     check_work(prepared.grid, len(inputs), settings, limits, prepared.spacing, prepared.target_spacing)
     run.report(_PREPARED, "preprocessed")

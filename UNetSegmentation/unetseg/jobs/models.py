@@ -8,6 +8,7 @@ from unetseg.evaluation.variant_figures import figures_listing
 from unetseg.inference.onnx_backend import export_onnx
 from unetseg.jobs.runner import Job
 from unetseg.models.catalog import Catalog
+from unetseg.models.importers import import_any
 
 
 def run_list(job: Job, options: dict[str, Any]) -> None:
@@ -21,9 +22,12 @@ def run_list(job: Job, options: dict[str, Any]) -> None:
 
 
 def run_import(job: Job, options: dict[str, Any]) -> None:
-    """`unetseg models import`: validate a model and copy it to the user models."""
+    """`unetseg models import`: a package, nnU-Net v2 model or MONAI bundle, validated (converted) into the user
+    models."""
     catalog = Catalog()
-    name = catalog.import_model(options["path"], replace=options["replace"])
+    name = import_any(options["path"], catalog, name=options["name"], folds=options["folds"],
+                      checkpoint=options["checkpoint"], configuration=options["configuration"],
+                      replace=options["replace"])
     job.result(f"Imported model {name} into {catalog.user_dir / name}", name=name, output=str(catalog.user_dir / name))
 
 
