@@ -22,6 +22,7 @@ from unetseg.io.atomic import atomic_write
 from unetseg.models.catalog import load_model
 from unetseg.models.package import ModelPackage
 from unetseg.models.weights import build_model
+from unetseg.vocabulary import NNUNET_VARIANT
 
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 # The export's metadata entry holding the SHA-256 of the weights it was made from: a shipped or copied export
@@ -34,9 +35,10 @@ _EXPORT_TOLERANCE = 1e-4
 def export_onnx(model: ModelPackage | str) -> Path:
     """Write the network of a package (object, catalog name or folder) next to its weights, dynamic axes.
 
-    Uses torch's current (torch.export-based) exporter with every batch and spatial axis dynamic, records the
-    weights' digest in the export's metadata, then checks ONNX Runtime against torch on one batch of windows
-    before keeping the file (atomically).
+    Uses torch's current (torch.export-based) exporter with every batch and spatial axis dynamic (an imported
+    nnU-Net model's spatial axes are its patch: its windows always are, and its residual encoders do not export
+    with symbolic sizes), records the weights' digest in the export's metadata, then checks ONNX Runtime against
+    torch on one batch of windows before keeping the file (atomically).
     """
     import torch
     from torch.export import Dim
@@ -47,7 +49,8 @@ def export_onnx(model: ModelPackage | str) -> Path:
     channels = int(package.network_config["in_channels"])
     patch = [int(p) for p in package.inference["patch_size"]]
     example = torch.randn(2, channels, *patch, generator=torch.Generator().manual_seed(0))
-    dynamic = {axis: Dim.AUTO for axis in (0, *range(2, 2 + len(patch)))}
+    spatial = () if package.variant == NNUNET_VARIANT else range(2, 2 + len(patch))
+    dynamic = {axis: Dim.AUTO for axis in (0, *spatial)}
     with atomic_write(target) as temporary:
         torch.onnx.export(
             network,
