@@ -116,7 +116,7 @@ def test_unet_bundle_description(unet_bundle):
     for what in ("$import glob", "$import os", "LoadImaged", "EnsureChannelFirstd", "EnsureTyped", "SaveImaged"):
         assert what in ignored
     prov = b.provenance
-    assert prov["source_format"] == "monai_bundle" and prov["bundle_version"] == "0.1.0"
+    assert prov["format"] == "monai" and prov["bundle_version"] == "0.1.0"
     assert prov["files_sha256"] == {
         rel: _sha256(folder / rel) for rel in ("configs/inference.json", "configs/metadata.json", "models/model.pt")
     }
@@ -131,7 +131,8 @@ def test_manifest_fields_map_the_intensity_window_exactly(unet_bundle):
     assert fields["network"]["num_classes"] == 3 and fields["network"]["in_channels"] == 1
     pre = fields["preprocessing"]
     assert pre["orientation"] == "RAS" and pre["target_spacing"] == [1.5, 1.5, 2.0]
-    assert pre["monai_steps"] == b.preprocessing
+    assert pre["kind"] == "monai" and pre["monai"]["steps"] == b.preprocessing
+    assert fields["inference"]["monai"] == {"inferer": b.inferer, "postprocessing": b.postprocessing}
     assert fields["inference"]["patch_size"] == [32, 32, 32] and fields["inference"]["overlap"] == 0.5
     (ct,) = pre["normalization"]
     assert ct["scheme"] == "ct" and ct["clip"] == [-57.0, 164.0]

@@ -68,6 +68,8 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("--checkpoint", metavar="FILE",
                      help="nnU-Net checkpoint file name (default: checkpoint_final.pth)")
     imp.add_argument("--configuration", help="nnU-Net configuration (e.g. 3d_fullres) when PATH holds several")
+    imp.add_argument("--modality", type=str.upper, choices=MODALITIES,
+                     help="a MONAI bundle's modality, when its metadata.json does not name one")
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:

@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from unetseg.image import Image, LabelImage, check_finite, check_same_grid
-from unetseg.inference import nnunet_pipeline, onnx_backend
+from unetseg.inference import monai_pipeline, nnunet_pipeline, onnx_backend
 from unetseg.inference.expectations import input_warnings
 from unetseg.inference.limits import WorkLimits, check_work
 from unetseg.inference.postprocessing import postprocess as run_postprocessing
 from unetseg.inference.prepare import Preparation, prepare, restore
 from unetseg.inference.windows import WindowSettings
 from unetseg.models.catalog import load_model
-from unetseg.vocabulary import BACKENDS, DEFAULT_OVERLAP, DEVICES, NNUNET_VARIANT, check_choice
+from unetseg.vocabulary import BACKENDS, DEFAULT_OVERLAP, DEVICES, MONAI_VARIANT, NNUNET_VARIANT, check_choice
 
 if TYPE_CHECKING:
     from unetseg.models.package import ModelPackage
@@ -33,7 +33,7 @@ ProgressCallback = Callable[[float, str], None]
 
 # Imported models' own pipelines by the manifest's preprocessing kind: each has
 # predict_labels(inputs, package, settings, backend, run, limits) -> labels on the input grid.
-IMPORTED_PIPELINES: dict[str, Any] = {NNUNET_VARIANT: nnunet_pipeline}
+IMPORTED_PIPELINES: dict[str, Any] = {NNUNET_VARIANT: nnunet_pipeline, MONAI_VARIANT: monai_pipeline}
 
 # Where each stage ends on the overall progress scale (the windows take almost all the time).
 _PREPARED, _WINDOWS_DONE, _RESTORED = 0.05, 0.9, 0.95

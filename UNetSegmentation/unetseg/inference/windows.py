@@ -101,16 +101,20 @@ def sliding_window(
     predictor: Callable[[np.ndarray], np.ndarray],
     overlap: float = DEFAULT_OVERLAP,
     sigma_scale: float = DEFAULT_SIGMA_SCALE,
+    mode: str = "gaussian",
 ) -> np.ndarray:
-    """Gaussian-blended sliding-window prediction of (N, C, *spatial) float32 → (N, K, *spatial) float32.
+    """Blended sliding-window prediction of (N, C, *spatial) float32 → (N, K, *spatial) float32.
 
-    Same windows, padding and weights as MONAI's `sliding_window_inference(..., mode="gaussian")`.
+    Same windows, padding and weights as MONAI's `sliding_window_inference(..., mode=mode)`: "gaussian", or
+    "constant" (MONAI's default: a plain average where windows overlap).
     """
     volume, unpad = pad_to_roi(volume, roi_size)
     windows = [
         (n, w) for n in range(volume.shape[0]) for w in window_slices(volume.shape[2:], roi_size, overlap)
     ]
-    weights = gaussian_weights(roi_size, sigma_scale)
+    if mode not in ("gaussian", "constant"):
+        raise ValueError(f"Unknown blending mode {mode!r}; use gaussian or constant.")
+    weights = gaussian_weights(roi_size, sigma_scale) if mode == "gaussian" else np.ones(roi_size, np.float32)
     output = None
     norm = np.zeros(volume.shape[2:], dtype=np.float32)
     for w in window_slices(volume.shape[2:], roi_size, overlap):

@@ -27,7 +27,7 @@ def run_import(job: Job, options: dict[str, Any]) -> None:
     catalog = Catalog()
     name = import_any(options["path"], catalog, name=options["name"], folds=options["folds"],
                       checkpoint=options["checkpoint"], configuration=options["configuration"],
-                      replace=options["replace"])
+                      replace=options["replace"], modality=options.get("modality"))
     job.result(f"Imported model {name} into {catalog.user_dir / name}", name=name, output=str(catalog.user_dir / name))
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from unetseg.models.archive import is_package_zip, member_name
 from unetseg.models.catalog import Catalog
+from unetseg.models.formats.monai_convert import convert_bundle
 from unetseg.models.formats.nnunet import looks_like_nnunet
 from unetseg.models.formats.nnunet_convert import convert_nnunet
 from unetseg.models.manifest import MANIFEST_FILE, PackageError
@@ -24,8 +25,8 @@ from unetseg.vocabulary import IMPORTED_VARIANT_TITLES, MONAI_VARIANT, NNUNET_VA
 
 PACKAGE = "unetseg"
 BUNDLE_METADATA = "configs/metadata.json"
-# Converters of foreign formats: (path, staging folder, name, folds, checkpoint, configuration) -> package.
-CONVERTERS: dict[str, Callable] = {NNUNET_VARIANT: convert_nnunet}
+# Converters of foreign formats: (path, staging folder, name, folds, checkpoint, configuration[, modality]) -> package.
+CONVERTERS: dict[str, Callable] = {NNUNET_VARIANT: convert_nnunet, MONAI_VARIANT: convert_bundle}
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -62,28 +63,32 @@ def _looks_like_bundle(p: Path) -> bool:
 
 def import_any(path: str | os.PathLike, catalog: Catalog | None = None, name: str | None = None,
                folds: list[str] | None = None, checkpoint: str | None = None, configuration: str | None = None,
-               replace: bool = False) -> str:
+               replace: bool = False, modality: str | None = None) -> str:
     """Import a package, nnU-Net model or MONAI bundle into the catalog's user folder; return the model's name.
 
     ``name`` names a converted model (default: from the source); ``folds``, ``checkpoint`` and ``configuration``
-    choose what of an nnU-Net model is imported (default: every fold with ``checkpoint_final.pth``).
+    choose what of an nnU-Net model is imported (default: every fold with ``checkpoint_final.pth``); ``modality``
+    is a MONAI bundle's when its metadata.json does not say.
     """
     catalog = catalog or Catalog()
     kind = detect_format(path)
     if kind == PACKAGE:
-        if name or folds or checkpoint or configuration:
-            raise PackageError("--name, --folds, --checkpoint and --configuration are for nnU-Net models and MONAI "
-                               "bundles; a package keeps the name in its model.json.")
+        if name or folds or checkpoint or configuration or modality:
+            raise PackageError("--name, --folds, --checkpoint, --configuration and --modality are for nnU-Net models "
+                               "and MONAI bundles; a package keeps its name and modality in its model.json.")
         return catalog.import_model(path, replace=replace)
     converter = CONVERTERS.get(kind)
     if converter is None:
         raise PackageError(f"{path} is a {IMPORTED_VARIANT_TITLES[kind]}; importing that format is not available in "
                            "this version.")
+    if modality and kind != MONAI_VARIANT:
+        raise PackageError("--modality is for MONAI bundles whose metadata.json does not name one.")
+    options = {"modality": modality} if modality else {}
     catalog.user_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=catalog.user_dir))
     try:
         package = converter(path, staging / "package", name=name, folds=folds, checkpoint=checkpoint,
-                            configuration=configuration)
+                            configuration=configuration, **options)
         return catalog.import_model(package.path, replace=replace)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

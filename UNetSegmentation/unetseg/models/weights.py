@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from unetseg.models.formats.monai_weights import build_network as build_monai_network
+from unetseg.models.formats.monai_weights import restore_aliases
 from unetseg.models.manifest import MANIFEST_FILE, SHOWN, WeightsError
-from unetseg.vocabulary import NNUNET_VARIANT
+from unetseg.vocabulary import MONAI_VARIANT, NNUNET_VARIANT
 
 if TYPE_CHECKING:
     import torch
@@ -96,16 +98,23 @@ def build_model(pkg: ModelPackage, device: str = "cpu") -> nn.Module:
     """The package's network with its weights loaded (strictly), in eval mode on ``device``.
 
     An imported nnU-Net model is the ensemble of its folds (`FoldEnsemble`: the mean of their logits, as nnU-Net
-    averages them), built from the manifest's ``network`` build spec.
+    averages them), built from the manifest's ``network`` build spec; an imported MONAI bundle's network is its
+    allow-listed MONAI class with its arguments, the tensors it holds under several names restored from
+    ``network.aliases``.
     """
     state = load_state_dict(pkg)
-    if pkg.network_config["variant"] == NNUNET_VARIANT:
+    config = pkg.network_config
+    if config["variant"] == NNUNET_VARIANT:
         from unetseg.models.formats.nnunet_network import build_fold_ensemble  # lazy: torch
 
-        return build_fold_ensemble(pkg.network_config, state).to(device).eval()
-    from unetseg.networks.factory import build_network  # lazy: torch
+        return build_fold_ensemble(config, state).to(device).eval()
+    if config["variant"] == MONAI_VARIANT:
+        network = build_monai_network(config["target"], config["args"])
+        state = restore_aliases(state, config.get("aliases", {}))
+    else:
+        from unetseg.networks.factory import build_network  # lazy: torch
 
-    network = build_network(pkg.network_config)
+        network = build_network(config)
     problems = fit_problems(network.state_dict(), state)
     if problems:
         raise WeightsError(

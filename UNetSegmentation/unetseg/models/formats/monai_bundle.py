@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from unetseg.io.terminology import label_entry, readable_name
 from unetseg.models.archive import MAX_IMPORT_BYTES
 from unetseg.models.formats.checkpoint import sha256_file
 from unetseg.models.formats.monai_config import Resolver
@@ -53,14 +54,11 @@ from unetseg.models.formats.monai_weights import (
     restore_aliases,
     weights_file,
 )
+from unetseg.vocabulary import MONAI_VARIANT
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
-
-SOURCE_FORMAT = "monai_bundle"
-VARIANT = "monai"
-"""The manifest ``variant`` of an imported bundle: the network is rebuilt from ``network.target``/``args``."""
 
 
 @dataclass
@@ -90,6 +88,7 @@ class MonaiBundle:
     provenance: dict
     state_dict: dict = field(repr=False, default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
+    input_shape: list[int] | None = None  # metadata's spatial_shape (MONAI axis order), when it gives one
 
     @property
     def activation(self) -> str | None:
@@ -105,7 +104,7 @@ class MonaiBundle:
         """The manifest's ``network`` entry: `build_network` rebuilds the module from it."""
         num_classes = self.out_channels if self.activation != "sigmoid" else self.out_channels + 1
         return {
-            "variant": VARIANT,
+            "variant": MONAI_VARIANT,
             "spatial_dims": self.spatial_dims,
             "in_channels": self.in_channels,
             "num_classes": max(num_classes, 2),
@@ -117,50 +116,61 @@ class MonaiBundle:
     def to_manifest_fields(self) -> dict:
         """The fields of this project's ``model.json`` that the bundle determines (JSON-serialisable).
 
-        ``preprocessing.monai_steps`` / ``inference.monai_inferer`` / ``inference.postprocessing.monai_steps``
-        are authoritative (MONAI's semantics, for parity with ``python -m monai.bundle run``). The project's
-        own keys are filled where they say the same: ``orientation``, ``target_spacing`` (when every axis is
-        resampled), ``normalization`` (when the intensity steps are exactly one of the project's schemes,
-        otherwise absent), ``patch_size``/``overlap`` (sliding window). ``name`` is a suggestion; ``modality``
-        is None when the metadata does not say (the importer must then ask).
+        ``preprocessing.kind`` is ``monai``: the predictor runs ``preprocessing.monai.steps``, then
+        ``inference.monai.inferer`` and ``inference.monai.postprocessing`` with MONAI's semantics, for parity
+        with ``python -m monai.bundle run``. The project's own keys say the same where they can: ``orientation``,
+        ``target_spacing`` (when every axis is resampled), ``normalization`` (the project's scheme when the
+        intensity steps are exactly one, else ``monai``), ``patch_size`` (the window in ``(z, y, x)`` order) and
+        ``overlap``. Labels get readable names, distinct colours and Slicer terminology for known structures.
+        ``name`` is a suggestion; ``modality`` is None when the metadata does not say (the importer must ask).
         """
-        pre: dict[str, Any] = {"monai_steps": copy.deepcopy(self.preprocessing)}
+        pre: dict[str, Any] = {"kind": MONAI_VARIANT, "monai": {"steps": copy.deepcopy(self.preprocessing)}}
         for step in self.preprocessing:
             if step["op"] == "orientation":
                 pre["orientation"] = step["axcodes"] if len(step["axcodes"]) == 3 else None
             elif step["op"] == "spacing" and len(step["pixdim"]) == 3 and all(p > 0 for p in step["pixdim"]):
                 pre["target_spacing"] = list(step["pixdim"])
-        if self.inferer.get("kind") == "slices":
-            pre["slice_wise"] = True  # the 2D network runs slice by slice (monai_inferer.spatial_dim names the axis)
-        normalization = project_normalization(self.preprocessing)
-        if normalization is not None:
-            pre["normalization"] = [copy.deepcopy(normalization) for _ in self.inputs]
+        pre["slice_wise"] = self.inferer.get("kind") == "slices"  # a 2D network over the slices of a volume
+        normalization = project_normalization(self.preprocessing) or {"scheme": MONAI_VARIANT}
+        pre["normalization"] = [copy.deepcopy(normalization) for _ in self.inputs]
         inference: dict[str, Any] = {
-            "monai_inferer": copy.deepcopy(self.inferer),
+            "patch_size": self._patch_size(),
             "tta": False,
             "mirror_axes": [],
-            "postprocessing": {"monai_steps": copy.deepcopy(self.postprocessing)},
+            "postprocessing": {},
+            "monai": {"inferer": copy.deepcopy(self.inferer), "postprocessing": copy.deepcopy(self.postprocessing)},
         }
-        roi = self.inferer.get("roi_size")
-        if roi and all(isinstance(r, int) and r > 0 for r in roi):
-            inference["patch_size"] = list(roi)
         overlap = self.inferer.get("overlap")
         if isinstance(overlap, (int, float)):
             inference["overlap"] = float(overlap)
         return {
             "name": self.name,
             "version": self.version,
+            "title": readable_name(self.provenance.get("bundle_name") or self.name),
             "description": self.description,
             "modality": self.modality,
-            "variant": VARIANT,
+            "variant": MONAI_VARIANT,
             "spatial_dims": self.spatial_dims,
             "network": self.network_config(),
             "inputs": copy.deepcopy(self.inputs),
-            "labels": copy.deepcopy(self.labels),
+            "labels": [label_entry(lab["value"], lab["name"], i) for i, lab in enumerate(self.labels, start=1)],
             "preprocessing": pre,
             "inference": inference,
             "provenance": copy.deepcopy(self.provenance),
         }
+
+    def _patch_size(self) -> list[int]:
+        """The window in the project's ``(z, y, x)`` order: the inferer's roi, its -1 axes (and a whole-image
+        inferer) taken from the metadata's input shape."""
+        roi = self.inferer.get("roi_size") or [-1] * self.spatial_dims
+        shape = self.input_shape or []
+        patch = [r if r > 0 else (shape[i] if i < len(shape) else -1) for i, r in enumerate(roi)]
+        if not all(isinstance(p, int) and p > 0 for p in patch):
+            raise BundleError(
+                f"The bundle runs its network on whole images (roi {roi}) and metadata.json gives no input "
+                "spatial_shape, so the network's input size is unknown."
+            )
+        return patch[::-1]
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The state dict under every name the network uses (aliases point at the same tensors)."""
@@ -257,7 +267,7 @@ def _read(files: BundleFiles, path: Path) -> MonaiBundle:
         raise BundleError(f"{weights_rel} does not fit the bundle's network_def ({target}): {e}") from e
 
     provenance = {
-        "source_format": SOURCE_FORMAT,
+        "format": MONAI_VARIANT,
         "source": path.name,
         "bundle_name": str(metadata.get("name") or files.root_name),
         "bundle_version": str(metadata.get("version", "")),
@@ -271,6 +281,8 @@ def _read(files: BundleFiles, path: Path) -> MonaiBundle:
     if files.exists(TORCHSCRIPT_FILE):
         provenance["not_loaded"] = {TORCHSCRIPT_FILE: files.sha256_of(TORCHSCRIPT_FILE)}
         ignored.append({"what": TORCHSCRIPT_FILE, "why": "TorchScript is code; the state dict in model.pt is used"})
+    if isinstance(metadata.get("data_source"), str):
+        provenance["training_data"] = metadata["data_source"]
     licence = next((metadata[k] for k in ("license", "licence") if isinstance(metadata.get(k), str)), None)
     if licence:
         provenance["licence"] = licence
@@ -293,4 +305,12 @@ def _read(files: BundleFiles, path: Path) -> MonaiBundle:
         provenance=provenance,
         state_dict=unique,
         aliases=aliases,
+        input_shape=_input_shape(in_format.get("spatial_shape"), spatial_dims),
     )
+
+
+def _input_shape(value: Any, spatial_dims: int) -> list[int] | None:
+    """metadata.json's input ``spatial_shape`` when it is ``spatial_dims`` positive integers (often it holds
+    strings such as "8*n")."""
+    ok = isinstance(value, list) and len(value) == spatial_dims
+    return list(value) if ok and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value) else None

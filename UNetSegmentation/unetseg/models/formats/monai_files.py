@@ -1,6 +1,6 @@
 """A MONAI bundle's files, read safely from a folder or a zip, and the error every refusal of a bundle raises.
 
-A zip is checked by `unetseg.models.formats.archive.check_zip` before anything is read from it (no absolute
+A zip is checked by `unetseg.models.archive.check_zip` before anything is read from it (no absolute
 paths, ``..``, symbolic links, encrypted or repeated members; a size cap and a compression-ratio check against zip
 bombs) and the few files needed are read in memory, never extracted; in a folder, files that resolve outside the
 bundle are refused. Every file read is recorded with its SHA-256 (the provenance of an import).
@@ -13,8 +13,8 @@ import json
 import zipfile
 from pathlib import Path
 
+from unetseg.models.archive import MAX_IMPORT_BYTES, check_zip
 from unetseg.models.formats import FormatError
-from unetseg.models.formats.archive import MAX_UNPACKED_BYTES, check_zip
 
 METADATA_FILE = "configs/metadata.json"
 INFERENCE_CONFIGS = ("configs/inference.json", "configs/inference.yaml", "configs/inference.yml")
@@ -45,8 +45,7 @@ class BundleFiles:
             self._members = {i.filename.replace("\\", "/"): i for i in self._zip.infolist()}
             self.root_name = self._prefix.rstrip("/").rsplit("/", 1)[-1] or path.stem
         else:
-            if not (path / METADATA_FILE).is_file():
-                raise BundleError(f"{path} is not a MONAI bundle: it has no {METADATA_FILE}.")
+            self.path = path = bundle_folder(path)
             self.root = path.resolve()
             self.root_name = self.root.name
 
@@ -103,10 +102,25 @@ class BundleFiles:
         return digest.hexdigest()
 
 
-def bundle_zip_prefix(zf: zipfile.ZipFile, max_bytes: int = MAX_UNPACKED_BYTES, label: str | None = None) -> str:
+def bundle_folder(path: Path) -> Path:
+    """The bundle folder: ``path`` itself, or the one folder in it that holds ``configs/metadata.json`` (as a zip
+    may hold one top-level folder)."""
+    if (path / METADATA_FILE).is_file():
+        return path
+    inside = (
+        [c for c in sorted(path.iterdir()) if c.is_dir() and (c / METADATA_FILE).is_file()] if path.is_dir() else []
+    )
+    if len(inside) == 1:
+        return inside[0]
+    if len(inside) > 1:
+        raise BundleError(f"{path} holds several bundles ({', '.join(c.name for c in inside)}); import one of them.")
+    raise BundleError(f"{path} is not a MONAI bundle: it has no {METADATA_FILE}.")
+
+
+def bundle_zip_prefix(zf: zipfile.ZipFile, max_bytes: int = MAX_IMPORT_BYTES, label: str | None = None) -> str:
     """Check a bundle zip before anything is read from it; return the folder prefix holding ``configs/``.
 
-    `unetseg.models.formats.archive.check_zip` refuses absolute paths, ``..`` components, symbolic links,
+    `unetseg.models.archive.check_zip` refuses absolute paths, ``..`` components, symbolic links,
     encrypted or repeated members, too many entries and zip bombs (size cap, compression ratio).
     """
     try:
