@@ -53,12 +53,19 @@ def echo_state_dict(config: dict) -> dict[str, torch.Tensor]:
 
 
 def echo_manifest(name: str = "echo", spatial_dims: int = 3, inputs: int = 1, **preprocessing) -> dict:
-    """A manifest for the echo network: label values 1..3, no normalisation, the given preprocessing."""
+    """A manifest for the echo network: label values 1..3, no normalisation, the given preprocessing.
+
+    Its inputs are label values (small, non-negative), so it is declared an MR model: a CT model would rightly
+    warn that such an input is no CT. A single-input echo model crops as a CT model would by default (the body),
+    as it always has.
+    """
     patch = [16, 16, 16] if spatial_dims == 3 else [32, 32]
+    if inputs == 1:
+        preprocessing = {"crop": "body", **preprocessing}
     return {
         "name": name,
         "version": "1",
-        "modality": "MR" if inputs > 1 else "CT",
+        "modality": "MR",
         "variant": "unet",
         "spatial_dims": spatial_dims,
         "network": echo_config(spatial_dims, inputs),

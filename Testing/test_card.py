@@ -55,7 +55,7 @@ def test_tooltip_is_readable_text(package):
 def test_a_model_without_card_fields_reads_by_its_name_and_says_what_it_lacks():
     package = _package(provenance={"training_data": "my scans", "cases": 12})
     assert card.heading(package) == "tiny-ct — CT, U-Net, 2D"
-    assert card.measured(package) == "No measured Dice in its card."
+    assert card.measured(package) == "Its card records no Dice."
     assert card.demonstration_note(package) == ""
     assert "Trained on my scans (12 cases)." in card.tooltip(package)
 

@@ -12,10 +12,10 @@ import sys
 from collections.abc import Callable, Sequence
 
 from unetseg import __version__
-from unetseg.inference.limits import DEFAULT_MAX_WINDOWS
 from unetseg.jobs.runner import EXIT_OK, exit_code_table, run_job
 from unetseg.vocabulary import (
     BACKENDS,
+    DEFAULT_MAX_WINDOWS,
     DEFAULT_TRAINING_VARIANT,
     DEVICES,
     IMPORTED_VARIANTS,

@@ -17,8 +17,6 @@ VARIANT_TITLES = {
     "nnunet": "nnU-Net (auto-configured)",
 }
 VARIANTS = tuple(VARIANT_TITLES)
-# Networks imported from the field's formats (`unetseg models import`): built from their own build spec.
-IMPORTED_VARIANT_TITLES = {"nnunetv2": "nnU-Net v2 (imported)", "monai": "MONAI bundle (imported)"}
 DEFAULT_TRAINING_VARIANT = "nnunet"
 # Imported models (`unetseg models import`): the manifest's variant (and preprocessing kind) names the tool whose
 # network, preprocessing and output rules the predictor reproduces.
@@ -46,6 +44,9 @@ HU_PRIOR_WINDOWS = (("lung", -1000.0, -400.0), ("soft tissue", -100.0, 100.0), (
 # windows per forward pass on the CPU for 2D and 3D networks (the trainer's validation uses the same).
 DEFAULT_OVERLAP = 0.5
 DEFAULT_CPU_WINDOW_BATCH = {2: 4, 3: 1}
+# Ceiling on the windows of one segmentation (`unetseg predict --max-windows`): a whole-body CT at nnU-Net's patch
+# needs a few hundred to a few thousand; far beyond it, the input's geometry is almost certainly wrong.
+DEFAULT_MAX_WINDOWS = 20_000
 
 
 def check_choice(kind: str, value: str, allowed: tuple[str, ...]) -> str:

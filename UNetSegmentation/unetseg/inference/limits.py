@@ -13,12 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from unetseg.inference.windows import WindowSettings, count_windows
+from unetseg.vocabulary import DEFAULT_MAX_WINDOWS
 
 # Share of the machine's physical memory one segmentation may plan to use by default.
 DEFAULT_MEMORY_SHARE = 0.75
-# Default ceiling on the number of windows (a whole-body CT at nnU-Net's patch needs a few hundred to a few
-# thousand); far beyond it, the input's geometry is almost certainly wrong.
-DEFAULT_MAX_WINDOWS = 20_000
 
 
 class WorkTooLargeError(ValueError):

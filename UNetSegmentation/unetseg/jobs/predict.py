@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from unetseg.inference.limits import DEFAULT_MAX_WINDOWS, WorkLimits
+from unetseg.inference.limits import WorkLimits
 from unetseg.jobs.cohort import COHORT_OPTIONS, run_cohort
 from unetseg.jobs.cohort_inputs import is_cohort
 from unetseg.jobs.predict_case import predict_to_file
 from unetseg.jobs.runner import Job
+from unetseg.vocabulary import DEFAULT_MAX_WINDOWS
 
 
 def run(job: Job, options: dict[str, Any]) -> None:

@@ -46,7 +46,7 @@ def measured(package: Any) -> str:
         )
     if isinstance(metrics.get("dice_mean"), (int, float)):  # the trainer's own validation figures
         return f"Validation mean Dice {metrics['dice_mean']:.2f} ({metrics.get('evaluated_on', 'cases not stated')})."
-    return "No measured Dice in its card."
+    return "Its card records no Dice."
 
 
 def demonstration_note(package: Any) -> str:

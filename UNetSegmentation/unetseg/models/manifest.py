@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from unetseg.models.schema_check import schema_problems
-from unetseg.vocabulary import DEFAULT_OVERLAP, IMPORTED_VARIANT_TITLES, VARIANTS
+from unetseg.vocabulary import DEFAULT_OVERLAP, IMPORTED_VARIANTS, VARIANTS
 
 FORMAT = "unetseg-model/1"
 MANIFEST_FILE = "model.json"
@@ -72,7 +72,7 @@ def _rule_problems(m: dict) -> list[str]:
     values = [label["value"] for label in labels]
     names = [i["name"] for i in inputs]
     regions = m["inference"].get("regions")
-    known = (*VARIANTS, *IMPORTED_VARIANT_TITLES)
+    known = (*VARIANTS, *IMPORTED_VARIANTS)
     checks = [
         (
             net["variant"] in known,
