@@ -1,0 +1,139 @@
+"""Imported nnU-Net v2 models segment as ``nnUNetv2_predict`` does: per-label Dice >= 0.99 on unseen images.
+
+The fixtures under ``fixtures/nnunet`` were made by ``benchmarks/make_nnunet_fixtures.py`` with the real nnunetv2
+2.8.1 (tiny networks trained for a few iterations on synthetic data; ``manifest.json`` has the commands): a 3d_fullres
+CT model with two folds (anisotropic, transposed), a 2d CT model (as ``nnUNetv2_export_model_to_zip`` zipped it), a
+two-channel masked z-score MR model with a residual encoder, and a region-based model trained on ``fold_all``; the
+references are ``nnUNetv2_predict``'s segmentations of three unseen images each, with and without TTA. Every model
+is imported, run with torch and with its ONNX export, with and without TTA, and compared case by case.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from unetseg import cli
+from unetseg.image import Image
+from unetseg.inference.onnx_backend import export_onnx
+from unetseg.inference.predictor import segment
+from unetseg.models.catalog import Catalog
+from unetseg.models.importers import import_any
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "nnunet"
+MANIFEST = json.loads((FIXTURES / "manifest.json").read_text(encoding="utf-8"))
+# model key -> what is imported (a trained-model folder, or the zip nnU-Net exported)
+SOURCES = {
+    "ct3d": "models/Dataset901_TinyCT/nnUNetTrainer__nnUNetPlans__3d_fullres",
+    "ct2d": "exports/Dataset901_TinyCT__nnUNetTrainer__nnUNetPlans__2d.zip",
+    "mr": "models/Dataset902_TinyMR/nnUNetTrainer__nnUNetPlans__3d_fullres",
+    "regions": "models/Dataset903_TinyRegions/nnUNetTrainer__nnUNetPlans__3d_fullres",
+}
+MIN_DICE = 0.99
+
+
+def cases(key: str) -> dict[str, list[Path]]:
+    """The unseen images of a model's dataset: ``{case: [channel files in order]}``."""
+    folder = FIXTURES / "cases" / MANIFEST["models"][key]["dataset"] / "imagesTs"
+    found: dict[str, list[Path]] = {}
+    for path in sorted(folder.glob("*.nii.gz")):
+        found.setdefault(path.name[: -len("_0000.nii.gz")], []).append(path)
+    return found
+
+
+def reference(key: str, tta: bool, case: str) -> np.ndarray:
+    path = FIXTURES / "reference" / key / ("tta" if tta else "notta") / f"{case}.nii.gz"
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def dice_per_label(pred: np.ndarray, ref: np.ndarray) -> dict[int, float]:
+    """Dice of every label present in either map (1.0 when both lack it)."""
+    out = {}
+    for value in sorted(set(np.unique(ref)) | set(np.unique(pred)) - {0}):
+        a, b = pred == value, ref == value
+        out[int(value)] = 2.0 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory) -> Catalog:
+    """The four fixture models imported into a fresh user folder, each with its ONNX export."""
+    catalog = Catalog(bundled_dir=tmp_path_factory.mktemp("none"), user_dir=tmp_path_factory.mktemp("models"))
+    for key, source in SOURCES.items():
+        assert import_any(FIXTURES / source, catalog, name=key) == key
+        export_onnx(catalog.get(key))
+    return catalog
+
+
+def test_the_imported_models_are_packages_that_say_what_they_are(catalog):
+    ct3d, mr, regions = catalog.get("ct3d"), catalog.get("mr"), catalog.get("regions")
+    assert (ct3d.modality, mr.modality, regions.variant) == ("CT", "MR", "nnunetv2")
+    assert ct3d.network_config["folds"] == ["0", "1"] and regions.network_config["folds"] == ["all"]
+    assert mr.input_names == ["T1", "T2"] and [label.name for label in ct3d.labels] == ["organ", "bone"]
+    assert ct3d.inference["tta"] and ct3d.inference["mirror_axes"] == [0, 1, 2]
+    assert catalog.get("ct2d").manifest["spatial_dims"] == 2
+    assert regions.inference["regions"] == {"regions": [[1, 2], [2]], "class_order": [1, 2]}
+    provenance = ct3d.provenance
+    assert provenance["format"] == "nnunetv2" and provenance["checkpoint"] == "checkpoint_final.pth"
+    assert provenance["files_sha256"]["fold_0/checkpoint_final.pth"] == MANIFEST["models"]["ct3d"][
+        "checkpoint_sha256"]["0"]
+    assert not list(ct3d.path.glob("**/*.pth")), "no pickles are kept"
+    assert sorted(catalog.names()) == ["ct2d", "ct3d", "mr", "regions"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+@pytest.mark.parametrize("tta", [True, False], ids=["tta", "notta"])
+@pytest.mark.parametrize("key", list(SOURCES))
+def test_labels_match_nnunetv2_predict(catalog, key, tta, backend):
+    package = catalog.get(key)
+    worst = {}
+    for case, files in cases(key).items():
+        images = [Image.from_sitk(sitk.ReadImage(str(f))) for f in files]
+        labels = segment(images, package, device="cpu", tta=tta, backend=backend).image.array
+        dice = dice_per_label(labels, reference(key, tta, case))
+        worst[case] = min(dice.values())
+        assert worst[case] >= MIN_DICE, f"{key} {case} ({'tta' if tta else 'notta'}, {backend}): Dice {dice}"
+
+
+@pytest.mark.slow
+def test_the_command_line_imports_lists_and_runs_an_nnunet_zip(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("UNETSEG_MODELS_DIR", str(tmp_path / "models"))
+    source = FIXTURES / SOURCES["ct2d"]
+    assert cli.main(["models", "import", str(source), "--name", "ct-tiny-2d", "--folds", "0"]) == 0
+    assert cli.main(["models", "--variant", "nnunetv2"]) == 0
+    assert "ct-tiny-2d" in capsys.readouterr().out
+    case, files = next(iter(cases("ct2d").items()))
+    out = tmp_path / "out.nii.gz"
+    assert cli.main(["predict", "-m", "ct-tiny-2d", "-i", str(files[0]), "-o", str(out), "--no-tta",
+                     "--device", "cpu"]) == 0
+    dice = dice_per_label(sitk.GetArrayFromImage(sitk.ReadImage(str(out))), reference("ct2d", False, case))
+    assert min(dice.values()) >= MIN_DICE, dice
+
+
+@pytest.mark.slow
+def test_the_onnx_path_runs_without_torch(catalog, tmp_path):
+    package = catalog.get("mr")
+    case, files = next(iter(cases("mr").items()))
+    out = tmp_path / "mr.nii.gz"
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["torch"] = sys.modules["monai"] = None  # as if not installed: importing them fails
+        from unetseg import cli
+        code = cli.main(["predict", "-m", {str(package.path)!r}, "-i", {str(files[0])!r}, "-i", {str(files[1])!r},
+                         "-o", {str(out)!r}, "--backend", "onnx", "--device", "cpu"])
+        assert code == 0 and sys.modules["torch"] is None
+        assert "dynamic_network_architectures" not in sys.modules
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, encoding="utf-8",
+                          cwd=FIXTURES.parents[2], timeout=300)
+    assert done.returncode == 0, done.stderr
+    dice = dice_per_label(sitk.GetArrayFromImage(sitk.ReadImage(str(out))), reference("mr", True, case))
+    assert min(dice.values()) >= MIN_DICE, dice
