@@ -46,9 +46,12 @@ def predict(capsys, source, model, out, *extra) -> tuple[int, list[dict]]:
     return code, events_of(capsys.readouterr().out)
 
 
-def log_of(out: Path) -> list[dict]:
-    """The run log's records in an output folder."""
-    return read_records(out / RUN_LOG_NAME)
+def log_of(out: Path, last_run: bool = False) -> list[dict]:
+    """The outcomes in an output folder's run log (not the ``started`` records); only the last run's if asked."""
+    records = read_records(out / RUN_LOG_NAME)
+    if last_run and records:
+        records = [r for r in records if r["run"] == records[-1]["run"]]
+    return [r for r in records if r["status"] != "started"]
 
 
 def leftovers(folder: Path) -> list[str]:

@@ -15,10 +15,11 @@ import SimpleITK as sitk
 from cohort_cases import assert_outputs, case_image, events_of, leftovers, log_of, predict, write_cases
 from echo_model import echo_package
 
+from unetseg import cli
 from unetseg.image import Image
 from unetseg.jobs import cohort_progress
 from unetseg.jobs.progress import parse_progress_line
-from unetseg.jobs.run_log import RUN_LOG_NAME
+from unetseg.jobs.run_log import RUN_LOG_NAME, RunLog
 from unetseg.jobs.runner import EXIT_CANCELLED, EXIT_FAILED, EXIT_SOME_FAILED
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,7 +68,7 @@ def test_rerun_skips_complete_cases_redoes_missing_ones_and_never_replaces_untru
     assert code == EXIT_SOME_FAILED and events[-1]["type"] == "error"
     assert (events[-2]["succeeded"], events[-2]["skipped"], events[-2]["failed"]) == (1, 1, 1)
     assert (out / "case0.seg.nrrd").stat().st_mtime_ns == kept
-    last = {r["case"]: r for r in log_of(out)[3:]}
+    last = {r["case"]: r for r in log_of(out, last_run=True)}
     assert [last[c]["status"] for c in ("case0", "case1", "case2")] == ["skipped", "done", "failed"]
     assert "pass --overwrite" in last["case2"]["error"]
     assert (out / "case2.seg.nrrd").read_bytes() == b"a file this run log does not vouch for"
@@ -196,6 +197,40 @@ def test_a_single_case_refuses_cohort_options(models, tmp_path, capsys):
 def test_the_run_log_is_json_lines_a_person_can_read(models, tmp_path, capsys):
     write_cases(tmp_path / "in", 1)
     predict(capsys, tmp_path / "in", models["echo"].path, tmp_path / "out")
-    line = (tmp_path / "out" / RUN_LOG_NAME).read_text(encoding="utf-8").splitlines()[0]
-    assert list(json.loads(line))[:9] == ["run", "case", "inputs", "output", "status", "error", "seconds", "device",
-                                          "worker"]  # fmt: skip
+    started, done = (json.loads(line) for line in (tmp_path / "out" / RUN_LOG_NAME).read_text("utf-8").splitlines())
+    assert list(started) == ["run", "case", "inputs", "output", "status", "model"] and started["status"] == "started"
+    assert list(done)[:9] == ["run", "case", "inputs", "output", "status", "error", "seconds", "device", "worker"]
+
+
+def test_a_case_a_killed_run_started_is_written_again(models, tmp_path, capsys):
+    """A run killed outright (no chance to log the outcome) leaves a ``started`` record and, perhaps, the output
+    (written atomically, so whole): the rerun writes that case again instead of refusing the file."""
+    write_cases(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    assert predict(capsys, tmp_path / "in", models["echo"].path, out)[0] == 0
+    lines = (out / RUN_LOG_NAME).read_text("utf-8").splitlines()
+    (out / RUN_LOG_NAME).write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")  # case1's outcome never came
+    code, events = predict(capsys, tmp_path / "in", models["echo"].path, out)
+    assert code == 0 and (events[-1]["skipped"], events[-1]["succeeded"]) == (1, 1)
+    assert [(r["case"], r["status"]) for r in log_of(out, last_run=True)] == [("case0", "skipped"), ("case1", "done")]
+
+
+def test_a_worker_that_cannot_start_is_the_runs_error(models, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    write_cases(tmp_path / "in", 2)
+    code = cli.main(["predict", "-i", str(tmp_path / "in"), "-m", str(models["echo"].path), "-o", str(tmp_path / "out"),
+                     "--device", "cuda", "--progress", "json"])  # fmt: skip
+    events = events_of(capsys.readouterr().out)
+    assert code == EXIT_FAILED and "no CUDA GPU is available" in events[-1]["message"]
+    assert log_of(tmp_path / "out") == []
+
+
+def test_two_runs_into_one_folder_are_refused(models, tmp_path, capsys):
+    write_cases(tmp_path / "in", 1)
+    (tmp_path / "out").mkdir()
+    with RunLog(tmp_path / "out", "another run"):
+        code, events = predict(capsys, tmp_path / "in", models["echo"].path, tmp_path / "out")
+    assert code == EXIT_FAILED and "Another unetseg run is writing to" in events[-1]["message"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,16 +43,17 @@ def run_cohort(job: Job, options: dict[str, Any]) -> None:
         pending, counts = _skip_finished(cases, log, bool(options.get("overwrite")))
         for folder in {Path(case.output).parent for case in pending}:  # a CSV list may name sub-folders
             folder.mkdir(parents=True, exist_ok=True)
-        progress = CohortProgress(job, len(cases), counts)
-        try:
-            if pending and not job.cancel.is_set():
-                pool = _make_pool(options, _settings(options), len(pending), job)
-                try:
+        pool = _make_pool(options, _settings(options), len(pending), job) if pending else None
+        try:  # the bar starts after the pool, whose start-up (Ray's) may print
+            progress = CohortProgress(job, len(cases), counts)
+            try:
+                if pool is not None and not job.cancel.is_set():
                     _dispatch(pending, pool, log, progress, job)
-                finally:
-                    pool.close()
+            finally:
+                progress.close()
         finally:
-            progress.close()
+            if pool is not None:
+                pool.close()
     _finish(job, out_dir, log, progress.counts, len(cases))
 
 
@@ -91,7 +93,7 @@ def _make_pool(options: dict[str, Any], settings: RunSettings, cases: int, job: 
     if devices and settings.device not in ("auto", "cuda"):
         raise ValueError(f"--devices names GPUs but --device is {settings.device}; use --device cuda (or auto).")
     if devices:
-        settings = RunSettings(**{**settings.__dict__, "device": "cuda"})
+        settings = replace(settings, device="cuda")
     if options.get("ray") is not None:
         from unetseg.jobs.ray_cluster import RayPool  # lazy: ray (an optional extra)
 
@@ -107,29 +109,41 @@ def _make_pool(options: dict[str, Any], settings: RunSettings, cases: int, job: 
 
 
 def _dispatch(pending: list[Case], pool: Any, log: RunLog, progress: CohortProgress, job: Job) -> None:
-    """Keep every slot of the pool busy until all cases came back or a cancel drained the running ones."""
+    """Keep every slot of the pool busy until all cases came back or a cancel drained the running ones.
+
+    Each case is logged as ``started`` before it is sent and with its outcome when it returns; however the loop
+    ends (a second Ctrl-C, a worker that cannot start), the running cases are drained and logged first, so no
+    written output goes unrecorded.
+    """
     queue, running = deque(pending), {}
-    cancelled = False
-    while queue or running:
-        while queue and len(running) < pool.slots and not job.cancel.is_set():
-            case = queue.popleft()
-            running[pool.submit(case)] = case
-        if job.cancel.is_set() and not cancelled:
-            pool.cancel()
-            cancelled = True
-            queue.clear()
-        if not running:
-            break
-        done, _ = wait(running, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
-        for future in done:
-            case = running.pop(future)
-            record = _record_of(future, pool)
-            fatal = record.pop("fatal", False)
-            log.append(case=case.id, inputs=list(case.inputs), output=case.output, **record)
-            progress.advance(case, record)
-            if fatal:  # stop the others, then report the reason as the run's error
-                _drain(running, pool, log)
-                raise ValueError(record["error"])
+    try:
+        while queue or running:
+            while queue and len(running) < pool.slots and not job.cancel.is_set():
+                case = queue.popleft()
+                log.append(case=case.id, inputs=list(case.inputs), output=case.output, status="started")
+                running[pool.submit(case)] = case
+            if job.cancel.is_set():
+                queue.clear()
+            if not running:
+                break
+            done, _ = wait(running, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
+            fatal = [_log(running.pop(future), _record_of(future, pool), log, progress) for future in done]
+            if any(fatal):  # a worker could not start: the reason is the run's error
+                raise ValueError(next(error for error in fatal if error))
+    finally:
+        _drain(running, pool, log)
+
+
+def _log(case: Case, record: dict[str, Any], log: RunLog, progress: CohortProgress | None) -> str | None:
+    """Log a case's outcome; return the error of a worker that could not start (that case never ran)."""
+    if record.pop("fatal", False):
+        log.append(case=case.id, inputs=list(case.inputs), output=case.output, status="cancelled",
+                   error=record["error"], seconds=0.0, device=None)  # fmt: skip
+        return record["error"]
+    log.append(case=case.id, inputs=list(case.inputs), output=case.output, **record)
+    if progress is not None:
+        progress.advance(case, record)
+    return None
 
 
 def _record_of(future: Future, pool: Any) -> dict[str, Any]:
@@ -144,12 +158,12 @@ def _record_of(future: Future, pool: Any) -> dict[str, Any]:
 
 
 def _drain(running: dict[Future, Case], pool: Any, log: RunLog) -> None:
-    """After a fatal error: cancel the running cases and wait for them (they write nothing)."""
-    pool.cancel()
-    for future, case in running.items():
-        record = _record_of(future, pool)
-        record.pop("fatal", None)
-        log.append(case=case.id, inputs=list(case.inputs), output=case.output, **record)
+    """Stop the running cases (at their next window batch: they write nothing) and log how each ended."""
+    if running:
+        pool.cancel()
+    for future, case in list(running.items()):
+        _log(case, _record_of(future, pool), log, None)
+        running.pop(future)
 
 
 def _finish(job: Job, out_dir: Path, log: RunLog, counts: Counter, total: int) -> None:

@@ -43,8 +43,8 @@ class CohortProgress:
             else:
                 self.job.log(line)
         if self._bar is not None:
-            self._bar.update(1 if status in _COUNTED else 0)
             self._bar.set_postfix_str(self._postfix(), refresh=False)
+            self._bar.update(1 if status in _COUNTED else 0)
         self._report(case.id, status, f"{case.id}: {status}")
 
     def close(self) -> None:

@@ -93,32 +93,28 @@ def failed_start(error: BaseException) -> dict[str, Any]:
 
 
 class InlinePool:
-    """One worker: this process (no start-up cost); Ctrl-C reaches the running case directly."""
+    """One worker: this process (no start-up cost; a worker that cannot start is the run's error at once). The
+    running case sees the job's own cancel event, so Ctrl-C reaches it directly."""
 
     slots = 1
 
     def __init__(self, settings: RunSettings, cancel: threading.Event) -> None:
+        self._runner = CaseRunner(settings)
         self._cancel = cancel
-        try:
-            self._runner: CaseRunner | None = CaseRunner(settings)
-            self._error: BaseException | None = None
-        except USER_ERRORS as error:
-            self._runner, self._error = None, error
 
     def submit(self, case: Case) -> Future:
         future: Future = Future()
-        runner = self._runner
-        future.set_result(runner.run(case, self._cancel) if runner is not None else failed_start(self._error))
+        future.set_result(self._runner.run(case, self._cancel))
         return future
 
     def recover(self, future: Future) -> None:
         """Nothing to recover: this process is still here."""
 
     def cancel(self) -> None:
-        self._cancel.set()
+        """Nothing to do: cases run one at a time inside `submit`, and see the job's cancel event."""
 
     def close(self) -> None:
-        self._runner = None
+        """Nothing to release."""
 
 
 # ------------------------------------------------------------------------------------------ worker processes

@@ -1,10 +1,12 @@
 """A cohort's run log: one JSON line per case and run, next to the outputs; it decides what a rerun skips.
 
-Each record: ``run`` (when the run started), ``case``, ``inputs``, ``output``, ``status`` (done, failed, skipped,
-cancelled), ``error``, ``seconds``, ``device``, ``worker`` (host:pid), ``model`` (name and version), ``bytes`` and
-the predictor's ``messages``. A case is **complete** — a rerun skips it — when its output file exists, the log's
-last ``done`` record for that output names the same model and the same size in bytes, and the file's header
-reads. An output the log does not vouch for is never replaced without ``--overwrite``. Lines are appended,
+Each record: ``run`` (when the run started), ``case``, ``inputs``, ``output``, ``status`` (started, then done,
+failed or cancelled; or skipped), ``error``, ``seconds``, ``device``, ``worker`` (host:pid), ``model`` (name and
+version), ``bytes`` and the predictor's ``messages``. A case is **complete** — a rerun skips it — when its output
+file exists, the log's last ``done`` record for that output names the same model and the same size in bytes, and
+the file's header reads. An output the log does not vouch for is never replaced without ``--overwrite``, except
+one a case of this model started and never reported (the run was killed): outputs are written atomically, so that
+file is this model's and is simply written again. Lines are appended,
 flushed and fsynced one by one, so an interruption loses at most the record being written (a torn last line is
 ignored when the log is read). While a run writes the log it holds a lock on it: two runs into one folder
 would repeat each other's work.
@@ -12,9 +14,9 @@ would repeat each other's work.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +38,9 @@ class RunLog:
     def __init__(self, folder: Path, model: str) -> None:
         self.path = folder / RUN_LOG_NAME
         self.model = model
-        self.run = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.run = datetime.datetime.now().astimezone().isoformat(timespec="milliseconds")
         self._done: dict[str, dict] = {}
+        self._started: dict[str, dict] = {}
         self._handle: Any = None
 
     def __enter__(self) -> RunLog:
@@ -52,9 +55,20 @@ class RunLog:
                     "Wait for it to finish, or write to another folder."
                 ) from None
         for record in read_records(self.path):
-            if record.get("status") == "done" and record.get("output"):
-                self._done[record["output"]] = record
+            self._remember(record)
         return self
+
+    def _remember(self, record: dict) -> None:
+        """Keep the last ``done`` record of each output, and the cases started without an outcome since."""
+        output, status = record.get("output"), record.get("status")
+        if not output or status == "skipped":
+            return
+        if status == "started":
+            self._started[output] = record
+            return
+        self._started.pop(output, None)
+        if status == "done":
+            self._done[output] = record
 
     def __exit__(self, *exc: object) -> None:
         self._handle.close()  # closing releases the lock
@@ -66,15 +80,18 @@ class RunLog:
         self._handle.write(json.dumps(record, default=str) + "\n")
         self._handle.flush()
         _fsync(self._handle)
-        if record.get("status") == "done":
-            self._done[record["output"]] = record
+        self._remember(record)
         return record
 
     def existing(self, output: str) -> str | None:
-        """None when ``output`` does not exist yet; "complete" when it is; otherwise why it cannot be trusted."""
+        """"complete" when ``output`` is; None when it is to be written (absent, or left by an interrupted case of
+        this model); otherwise why it cannot be trusted."""
         path = Path(output)
         if not path.exists():
             return None
+        interrupted = self._started.get(output)
+        if interrupted is not None and interrupted.get("model") == self.model:
+            return None  # written (atomically) by this model in a run that was killed before it could say so
         record = self._done.get(output)
         if record is None:
             return f"{path} exists but this folder's run log does not record writing it"
