@@ -234,3 +234,12 @@ def test_two_runs_into_one_folder_are_refused(models, tmp_path, capsys):
     with RunLog(tmp_path / "out", "another run"):
         code, events = predict(capsys, tmp_path / "in", models["echo"].path, tmp_path / "out")
     assert code == EXIT_FAILED and "Another unetseg run is writing to" in events[-1]["message"]
+
+
+def test_a_cohort_needs_an_output_folder_and_a_known_format(models, tmp_path, capsys):
+    write_cases(tmp_path / "in", 1)
+    code, events = predict(capsys, tmp_path / "in", models["echo"].path, tmp_path / "all.seg.nrrd")
+    assert code == EXIT_FAILED and "-o names the output folder" in events[-1]["message"]
+    code, events = predict(capsys, tmp_path / "in", models["echo"].path, tmp_path / "out", "--format", "png")
+    assert code == EXIT_FAILED and "Unknown output format 'png'" in events[-1]["message"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]

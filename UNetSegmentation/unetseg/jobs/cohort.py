@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from unetseg.jobs.cohort_inputs import Case, find_cases, output_suffix
+from unetseg.jobs.cohort_inputs import OUTPUT_SUFFIXES, Case, find_cases, output_suffix
 from unetseg.jobs.cohort_progress import CohortProgress
 from unetseg.jobs.cohort_workers import InlinePool, ProcessPool, RunSettings
 from unetseg.jobs.run_log import RunLog, remove_stale_temporaries
@@ -33,8 +33,9 @@ _POLL_SECONDS = 0.5  # how often the coordinator looks at the cancel event while
 def run_cohort(job: Job, options: dict[str, Any]) -> None:
     """`unetseg predict` on a folder, glob or CSV/TSV list: segment every case into ``-o OUT_DIR``."""
     out_dir = Path(options["output"]).expanduser().absolute()
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"For a cohort, -o names the output folder; {out_dir} is a file.")
+    if (out_dir.exists() and not out_dir.is_dir()) or (not out_dir.exists() and out_dir.name.endswith(OUTPUT_SUFFIXES)):
+        raise ValueError(f"For a cohort, -o names the output folder; {out_dir} is (or looks like) a file. Give a "
+                         "folder; --format chooses the files' format.")  # fmt: skip
     package = load_model(options["model"])
     cases = find_cases(options["input"][0], out_dir, package.input_names, output_suffix(options.get("format")))
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from unetseg.inference.limits import WorkLimits
 from unetseg.inference.predictor import SegmentationCancelled, segment
 from unetseg.io import LABEL_MAP_SUFFIXES, SEGMENTATION_SUFFIX, atomic_write, read_images, write_label_image
 from unetseg.io.dicom_seg import DICOM_SEG_SUFFIX, series_files, write_dicom_seg
-from unetseg.jobs.cohort_inputs import OUTPUT_FORMATS
+from unetseg.jobs.cohort_inputs import output_suffix
 from unetseg.jobs.progress import ProgressEmitter
 from unetseg.models.catalog import load_model
 from unetseg.models.package import ModelPackage
@@ -31,10 +31,10 @@ def check_output_name(path: Path, output_format: str | None = None) -> None:
             f"one of {', '.join(LABEL_MAP_SUFFIXES)} (label map) or {DICOM_SEG_SUFFIX} (DICOM SEG)."
         )
     if output_format is not None:
-        suffix = OUTPUT_FORMATS.get(output_format)
-        if suffix is None or not name.endswith(suffix) or (suffix == ".nrrd" and name.endswith(SEGMENTATION_SUFFIX)):
-            raise ValueError(f"Output {path.name} does not end in {suffix or output_format} as --format "
-                             f"{output_format} asks; give -o a matching name.")  # fmt: skip
+        suffix = output_suffix(output_format)
+        if not name.endswith(suffix) or (suffix == ".nrrd" and name.endswith(SEGMENTATION_SUFFIX)):
+            raise ValueError(f"Output {path.name} does not end in {suffix} as --format {output_format} asks; "
+                             "give -o a matching name.")  # fmt: skip
 
 
 def check_not_an_input(target: Path, inputs: Sequence[str]) -> None:
