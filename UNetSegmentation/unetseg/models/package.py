@@ -30,6 +30,7 @@ from unetseg.models.manifest import (
     read_manifest,
     validate_manifest,
 )
+from unetseg.models.shared_tensors import aliases_metadata, split_aliases
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,9 @@ def load_package(path: str | os.PathLike) -> ModelPackage:
 def save_package(folder: str | os.PathLike, manifest: dict, state_dict: dict, half: bool = False) -> ModelPackage:
     """Write a package: the validated manifest and safetensors weights (fp16 storage with ``half``), atomically.
 
+    A tensor the state dict holds under several names (DynUNet's ``skip_layers``) is stored once, the other names
+    recorded in the file's metadata (`shared_tensors`).
+
     ``format`` and ``weights`` default to this format and ``weights.safetensors``. Each file replaces its
     predecessor only once fully written; other files in the folder (logs, plots) are left alone.
     """
@@ -166,16 +170,16 @@ def save_package(folder: str | os.PathLike, manifest: dict, state_dict: dict, ha
         raise PackageError(
             f"The state dict holds non-tensor values under {not_tensors[:SHOWN]}; pass model.state_dict()."
         )
+    unique, aliases = split_aliases({k: v.detach() for k, v in state_dict.items()})  # DynUNet: each tensor once
     tensors = {
-        k: v.detach()
-        .to(device="cpu", dtype=torch.float16 if half and v.is_floating_point() else v.dtype, copy=True)
+        k: v.to(device="cpu", dtype=torch.float16 if half and v.is_floating_point() else v.dtype, copy=True)
         .contiguous()
-        for k, v in state_dict.items()
+        for k, v in unique.items()
     }
     target = Path(folder).expanduser()
     target.mkdir(parents=True, exist_ok=True)
     with atomic_write(target / manifest["weights"]) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT})
+        save_file(tensors, str(tmp), metadata={"format": FORMAT, **aliases_metadata(aliases)})
     with atomic_write(target / MANIFEST_FILE) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return load_package(target)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from unetseg.models.formats.monai_weights import build_network as build_monai_network
 from unetseg.models.formats.monai_weights import restore_aliases
 from unetseg.models.manifest import MANIFEST_FILE, SHOWN, WeightsError
+from unetseg.models.shared_tensors import aliases_from_metadata
 from unetseg.vocabulary import MONAI_VARIANT, NNUNET_VARIANT
 
 if TYPE_CHECKING:
@@ -33,8 +34,9 @@ def load_state_dict(pkg: ModelPackage) -> dict[str, torch.Tensor]:
             f"{MANIFEST_FILE}, or correct the manifest's 'weights' entry."
         )
     suffix = path.suffix.lower()
-    state = _load_safetensors(path) if suffix == ".safetensors" else _load_torch_state(path)
-    return {k: v.float() if v.dtype in _half_dtypes() else v for k, v in _unwrap_prefixes(state).items()}
+    state, aliases = _load_safetensors(path) if suffix == ".safetensors" else (_load_torch_state(path), {})
+    state = {k: v.float() if v.dtype in _half_dtypes() else v for k, v in state.items()}
+    return _unwrap_prefixes(restore_aliases(state, aliases) if aliases else state)
 
 
 def _half_dtypes() -> tuple:
@@ -43,13 +45,14 @@ def _half_dtypes() -> tuple:
     return (torch.float16, torch.bfloat16)
 
 
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The stored tensors and the aliases the file's metadata records (names stored once, `shared_tensors`)."""
+    from safetensors import SafetensorError, safe_open
 
     try:
-        return load_file(path, device="cpu")
-    except (SafetensorError, OSError) as e:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, aliases_from_metadata(f.metadata())  # noqa: SIM118 (not a dict)
+    except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError(f"{path} is not a readable safetensors file ({e}). Re-export the weights.") from e
 
 
