@@ -241,20 +241,37 @@ def write_bundle(
     return folder
 
 
-def write_ct_phantom(path: Path, shape_xyz=(48, 40, 24), spacing=(0.9, 0.9, 2.5), seed: int = 0) -> Path:
-    """A small CT-like NIfTI (HU: air, body, two brighter organs) in LPS-direction identity geometry."""
+def ct_phantom(shape_xyz=(48, 40, 24), seed: int = 0, jitter: float = 0.0):
+    """HU (z, y, x, float32) and labels (1 liver-like at 120 HU, 2 spleen-like at 90 HU) of a small CT-like phantom:
+    air, a 40 HU body and two brighter organs, noise of 10 HU. ``jitter`` moves and resizes the body and organs
+    (relative units; 0 gives the fixed phantom)."""
     import numpy as np
-    import SimpleITK as sitk
 
     rng = np.random.default_rng(seed)
+    move = np.random.default_rng(seed + 10_000).uniform(-jitter, jitter, 7)
     z, y, x = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape_xyz[::-1]), indexing="ij")
     hu = np.full(x.shape, -1000.0)
-    hu[(x**2 + y**2) < 0.8] = 40.0
-    hu[((x - 0.3) ** 2 + y**2 + z**2) < 0.12] = 120.0
-    hu[((x + 0.35) ** 2 + (y - 0.2) ** 2 + z**2) < 0.08] = 90.0
+    labels = np.zeros(x.shape, dtype=np.uint8)
+    hu[(x**2 + y**2) < 0.8 * (1 + move[0])] = 40.0
+    liver = ((x - 0.3 - move[1]) ** 2 + (y - move[2]) ** 2 + z**2) < 0.12 * (1 + move[3])
+    spleen = ((x + 0.35 - move[4]) ** 2 + (y - 0.2 - move[5]) ** 2 + z**2) < 0.08 * (1 + move[6])
+    hu[liver], labels[liver] = 120.0, 1
+    hu[spleen], labels[spleen] = 90.0, 2
     hu += rng.normal(0, 10, hu.shape)
-    image = sitk.GetImageFromArray(hu.astype(np.float32))
+    return hu.astype(np.float32), labels
+
+
+def write_ct_phantom(
+    path: Path, shape_xyz=(48, 40, 24), spacing=(0.9, 0.9, 2.5), seed: int = 0, direction=None, jitter: float = 0.0
+) -> Path:
+    """`ct_phantom` as a NIfTI file (identity direction unless ``direction``, 9 values, is given)."""
+    import SimpleITK as sitk
+
+    hu, _ = ct_phantom(shape_xyz, seed, jitter)
+    image = sitk.GetImageFromArray(hu)
     image.SetSpacing(tuple(float(s) for s in spacing))
+    if direction is not None:
+        image.SetDirection(tuple(float(d) for d in direction))
     path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(image, str(path))
     return path
