@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from unetseg.jobs.cohort_inputs import OUTPUT_SUFFIXES, Case, find_cases, output_suffix
 from unetseg.jobs.cohort_progress import CohortProgress
 from unetseg.jobs.cohort_workers import InlinePool, ProcessPool, RunSettings
+from unetseg.jobs.ray_cluster import RayPool
 from unetseg.jobs.run_log import RunLog, remove_stale_temporaries
 from unetseg.jobs.runner import Job, JobCancelled, SomeCasesFailed, describe
 from unetseg.models.catalog import load_model
@@ -36,6 +36,7 @@ def run_cohort(job: Job, options: dict[str, Any]) -> None:
     if (out_dir.exists() and not out_dir.is_dir()) or (not out_dir.exists() and out_dir.name.endswith(OUTPUT_SUFFIXES)):
         raise ValueError(f"For a cohort, -o names the output folder; {out_dir} is (or looks like) a file. Give a "
                          "folder; --format chooses the files' format.")  # fmt: skip
+    plan = _pool_plan(options)
     package = load_model(options["model"])
     cases = find_cases(options["input"][0], out_dir, package.input_names, output_suffix(options.get("format")))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -44,7 +45,7 @@ def run_cohort(job: Job, options: dict[str, Any]) -> None:
         pending, counts = _skip_finished(cases, log, bool(options.get("overwrite")))
         for folder in {Path(case.output).parent for case in pending}:  # a CSV list may name sub-folders
             folder.mkdir(parents=True, exist_ok=True)
-        pool = _make_pool(options, _settings(options), len(pending), job) if pending else None
+        pool = _make_pool(options, plan, len(pending), job) if pending else None
         try:  # the bar starts after the pool, whose start-up (Ray's) may print
             progress = CohortProgress(job, len(cases), counts)
             try:
@@ -58,16 +59,8 @@ def run_cohort(job: Job, options: dict[str, Any]) -> None:
     _finish(job, out_dir, log, progress.counts, len(cases))
 
 
-def _settings(options: dict[str, Any]) -> RunSettings:
-    """The workers' settings; a model given as a path travels as an absolute path (other processes, other nodes)."""
-    model = options["model"]
-    path = Path(model).expanduser()
-    return RunSettings(str(path.absolute()) if path.exists() else model, options["device"], options["tta"],
-                       options["postprocess"], options["backend"])  # fmt: skip
-
-
 def _skip_finished(cases: list[Case], log: RunLog, overwrite: bool) -> tuple[list[Case], Counter]:
-    """The cases to run; complete ones are skipped, unplayable ones and untrusted outputs fail (all recorded)."""
+    """The cases to run; complete ones are skipped, cases that cannot run and untrusted outputs fail (all recorded)."""
     pending, counts = [], Counter()
     for case in cases:
         existing = None if overwrite else log.existing(case.output)
@@ -85,24 +78,31 @@ def _skip_finished(cases: list[Case], log: RunLog, overwrite: bool) -> tuple[lis
     return pending, counts
 
 
-def _make_pool(options: dict[str, Any], settings: RunSettings, cases: int, job: Job) -> Any:
-    """This process, worker processes (``--workers``, ``--devices``) or Ray actors (``--ray``)."""
+def _pool_plan(options: dict[str, Any]) -> tuple[RunSettings, int | None, list[str] | None]:
+    """The workers' settings, their number (None: as many as fit) and GPUs, checked before anything runs."""
+    model, device = options["model"], options["device"]
+    path = Path(model).expanduser()  # a model given as a path travels as an absolute one (other processes, nodes)
     devices = [d.strip() for d in options["devices"].split(",") if d.strip()] if options.get("devices") else None
     workers = options.get("workers")
     if workers is not None and workers < 1:
         raise ValueError(f"--workers must be at least 1; got {workers}.")
-    if devices and settings.device not in ("auto", "cuda"):
-        raise ValueError(f"--devices names GPUs but --device is {settings.device}; use --device cuda (or auto).")
-    if devices:
-        settings = replace(settings, device="cuda")
-    if options.get("ray") is not None:
-        from unetseg.jobs.ray_cluster import RayPool  # lazy: ray (an optional extra)
-
-        if devices:
-            raise ValueError("--devices picks GPUs on this machine; on a Ray cluster each actor gets its own GPU.")
-        return RayPool(options["ray"], settings, workers, options.get("cpus_per_worker"), cases)
-    if options.get("cpus_per_worker") is not None:
+    if devices and device not in ("auto", "cuda"):
+        raise ValueError(f"--devices names GPUs but --device is {device}; use --device cuda (or auto).")
+    if devices and options.get("ray") is not None:
+        raise ValueError("--devices picks GPUs on this machine; on a Ray cluster each actor gets its own GPU.")
+    if options.get("cpus_per_worker") is not None and options.get("ray") is None:
         raise ValueError("--cpus-per-worker applies to --ray; on this machine the CPUs are divided between --workers.")
+    settings = RunSettings(str(path.absolute()) if path.exists() else model, "cuda" if devices else device,
+                           options["tta"], options["postprocess"], options["backend"])  # fmt: skip
+    return settings, workers, devices
+
+
+def _make_pool(options: dict[str, Any], plan: tuple[RunSettings, int | None, list[str] | None], cases: int,
+               job: Job) -> Any:  # fmt: skip
+    """This process, worker processes (``--workers``, ``--devices``) or Ray actors (``--ray``)."""
+    settings, workers, devices = plan
+    if options.get("ray") is not None:
+        return RayPool(options["ray"], settings, workers, options.get("cpus_per_worker"), cases)
     count = min(workers or (len(devices) if devices else 1), cases)
     if count == 1 and not devices:
         return InlinePool(settings, job.cancel)
