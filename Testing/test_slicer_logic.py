@@ -171,3 +171,26 @@ def test_failed_training_imports_nothing(scene, fake, tmp_path):
     assert work_leftovers(tmp_path) == []
     with pytest.raises(ValueError, match="Unknown variant"):
         logic.train(str(tmp_path), variant="resnet")
+
+
+@pytest.mark.slow
+def test_an_nnunet_folder_imports_through_the_background_process_and_lists_with_its_labels(scene, tmp_path,
+                                                                                          monkeypatch):
+    pytest.importorskip("dynamic_network_architectures")
+    from pathlib import Path
+
+    from unetseg.models import catalog as catalog_module
+    from unetseg.models.card import tooltip
+
+    monkeypatch.setenv(catalog_module.MODELS_DIR_ENV, str(tmp_path / "user"))
+    folder = (Path(__file__).parent / "fixtures" / "nnunet" / "models" / "Dataset901_TinyCT"
+              / "nnUNetTrainer__nnUNetPlans__3d_fullres")
+    logic = UNetSegmentationLogic()
+    name = logic.importModel(folder, name="tiny-ct3d")
+    assert name == "tiny-ct3d"
+    assert "tiny-ct3d" in logic.availableModels(modality="CT")
+    package = logic.modelInfo("tiny-ct3d")
+    assert package.variant == "nnunetv2" and package.provenance["folds"] == ["0", "1"]
+    assert all(label.name.lower() in tooltip(package).lower() for label in package.labels)
+    with pytest.raises(ValueError, match=r"keeps the name in its model\.json"):
+        logic.importModel(package.path, name="other")

@@ -34,6 +34,7 @@ from unetseg.jobs.process import BackgroundProcess, BackgroundRun
 from unetseg.modality import ModalityGuess
 from unetseg.models.card import title
 from unetseg.models.catalog import Catalog
+from unetseg.models.importers import PACKAGE, detect_format
 from unetseg.vocabulary import DEFAULT_TRAINING_VARIANT, DEVICES, MODALITY_TITLES, VARIANTS, check_choice
 from UNetSegmentationLib import scene_io, segment_import, training_scene
 from UNetSegmentationLib.dependencies import ONNX, TORCH, DependencyInstaller
@@ -77,9 +78,29 @@ class UNetSegmentationLogic:
         """The validated model package for a catalog name or a model folder (raises if it is invalid)."""
         return self.catalog.get(str(model))
 
-    def importModel(self, path: str | os.PathLike) -> str:
-        """Validate a model zip or folder, copy it into the user's model folder; return its catalog name."""
-        return self.catalog.import_model(Path(path))
+    def importModel(
+        self,
+        path: str | os.PathLike,
+        name: str | None = None,
+        waitForCompletion: bool = True,
+        progressCallback: ProgressCallback | None = None,
+        python: str | None = None,
+    ) -> Any:
+        """Import a model into the user's model folder: a package (zip or folder), an nnU-Net v2 trained-model
+        folder or zip, or a MONAI bundle folder or zip; return its catalog name.
+
+        A package is validated and copied here. A foreign model is converted by `unetseg models import` in a
+        background process (it reads checkpoints with PyTorch, which the GUI process need not load); `name`
+        names the converted model. Without `waitForCompletion`, a `BackgroundRun` whose `result` is the name.
+        """
+        if detect_format(path) == PACKAGE:
+            if name:
+                raise ValueError("A model package keeps the name in its model.json; rename it there.")
+            return self.catalog.import_model(Path(path))
+        args = ["models", "import", str(Path(path).expanduser().absolute()), "--progress", "json"]
+        args += ["--name", name] if name else []
+        workDir = scene_io.newWorkFolder()
+        return self._run(args, _importedName, workDir, progressCallback, python, waitForCompletion)
 
     @property
     def dependencies(self) -> DependencyInstaller:
@@ -340,6 +361,14 @@ class UNetSegmentationLogic:
         run = BackgroundRun(process, finish, lambda: shutil.rmtree(workDir, ignore_errors=True), progressCallback)
         run.start()
         return run.wait() if waitForCompletion else run
+
+
+def _importedName(run: BackgroundRun) -> str:
+    """The catalog name `unetseg models import` reported in its result."""
+    names = [e["name"] for e in run.events if e.get("type") == "result" and e.get("name")]
+    if not names:
+        raise RuntimeError("The import finished without naming the model; see the log.")
+    return names[-1]
 
 
 def pythonExecutable() -> str:

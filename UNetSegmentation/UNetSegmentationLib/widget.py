@@ -277,10 +277,8 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # --- other actions -----------------------------------------------------------------------------------
 
     def onImportModel(self) -> None:
-        """Validate and copy a model zip (or a folder, via its model.json) into the user's model folder."""
-        path = qt.QFileDialog.getOpenFileName(
-            self.parent, _("Import model"), "", _("Model package (*.zip model.json)")
-        )
+        """Import a model package, an nnU-Net v2 trained-model folder or a MONAI bundle (a folder or a zip)."""
+        path = self._askModelLocation()
         if not path:
             return
         with slicer.util.tryWithErrorDisplay(_("The model could not be imported."), waitCursor=True):
@@ -292,6 +290,22 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if name not in [self.ui.modelComboBox.itemData(i) for i in range(self.ui.modelComboBox.count)]:
                 slicer.util.infoDisplay(_("Model '{name}' was imported; choose its modality and variant to see it.")
                                         .format(name=name))
+
+    def _askModelLocation(self) -> str:
+        """A folder or a zip chosen by the user (one Qt dialog cannot offer both), or "" when cancelled."""
+        box = qt.QMessageBox(self.parent)
+        box.setWindowTitle(_("Import model"))
+        box.setText(_("Import a model package, an nnU-Net v2 trained-model folder (or the Dataset folder above it) "
+                      "or a MONAI bundle. Is it a folder or a zip file?"))
+        folderButton = box.addButton(_("Folder…"), qt.QMessageBox.AcceptRole)
+        zipButton = box.addButton(_("Zip file…"), qt.QMessageBox.AcceptRole)
+        box.addButton(qt.QMessageBox.Cancel)
+        box.exec_()
+        if box.clickedButton() == folderButton:
+            return qt.QFileDialog.getExistingDirectory(self.parent, _("Model folder"))
+        if box.clickedButton() == zipButton:
+            return qt.QFileDialog.getOpenFileName(self.parent, _("Model zip"), "", _("Model (*.zip)"))
+        return ""
 
     def _refineTarget(self):
         """The segmentation to refine: the last result, else the selected output, if still in the scene."""
