@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -129,7 +130,7 @@ def orientation(affine: np.ndarray, shape: Sequence[int], axcodes: str) -> tuple
     undo_flip[:rank, rank] = ornt[:, 1] * center - center
     flips = tuple(int(i) for i in np.flatnonzero(ornt[:, 1] == -1))
     transpose = tuple(int(i) for i in np.argsort(ornt[:, 0]))
-    return affine @ undo_flip @ undo_reorder, Reorder(flips, transpose)
+    return affine @ (undo_flip @ undo_reorder), Reorder(flips, transpose)
 
 
 # ------------------------------------------------------------------------------------------------- spacing
@@ -180,6 +181,16 @@ def unchanged(
     )
 
 
+def tracked_affine(
+    src_affine: np.ndarray, dst_affine: np.ndarray, src_shape: Sequence[int], dst_shape: Sequence[int]
+) -> np.ndarray:
+    """The affine MONAI's MetaTensor carries after resampling to ``dst_affine``: unchanged when no resampling
+    was needed, else ``src @ solve(src, dst)`` (the inverse resamples from it, to the last bit as MONAI)."""
+    if unchanged(src_affine, dst_affine, src_shape, dst_shape):
+        return src_affine
+    return src_affine @ np.linalg.solve(src_affine, dst_affine)
+
+
 def resample(
     array: np.ndarray,
     src_affine: np.ndarray,
@@ -198,12 +209,40 @@ def resample(
     scale = np.diag(xform)[:rank]
     if np.abs(xform[:rank, :rank] - np.diag(scale)).max() > 1e-6 * max(1.0, np.abs(scale).max()):
         raise ValueError("Resampling between grids of different directions is not supported here.")
+    theta = _normalizing(array.shape[1:]) @ xform @ np.linalg.inv(_normalizing(shape))
     out = array.astype(dtype, copy=False)
     order = sorted(range(rank), key=lambda a: shape[a] / array.shape[a + 1])  # shrinking axes first
     for axis in order:
-        coords = scale[axis] * np.arange(shape[axis], dtype=np.float64) + xform[axis, rank]
-        out = _resample_axis(out, axis + 1, coords, mode, padding_mode)
+        n_in, n_out = array.shape[axis + 1], shape[axis]
+        grid = _affine_grid_base(n_out) * theta[axis, axis] + theta[axis, rank]
+        out = _resample_axis(out, axis + 1, ((grid + 1) * n_in - 1) / 2, mode, padding_mode)
     return out.astype(np.float32)
+
+
+def _normalizing(shape: Sequence[int]) -> np.ndarray:
+    """MONAI's normalize_transform (align_corners=False): voxel indices to grid_sample's [-1, 1] coordinates."""
+    size = np.asarray(shape, dtype=np.float64)
+    matrix = np.diag(np.concatenate([2.0 / size, [1.0]]))
+    matrix[:-1, -1] = 1.0 / size - 1.0
+    return matrix
+
+
+def _affine_grid_base(n: int) -> np.ndarray:
+    """torch's affine_grid base coordinates along an axis of ``n`` (align_corners=False), to the last bit:
+    ``linspace(-1, 1, n) * (n - 1) / n``, torch's linspace computing ``start + step * i`` (from the end for the
+    second half) with one rounding (a fused multiply-add, done exactly here with fractions).
+
+    Exactness matters at ties: with nearest interpolation a source coordinate of exactly k + 0.5 (common with
+    round spacing ratios) goes whichever way MONAI's floating-point path sends it."""
+    if n <= 1:
+        return np.zeros(max(n, 1))
+    step = 2.0 / (n - 1)
+    half = n // 2
+    values = [
+        float(Fraction(-1) + Fraction(step) * i) if i < half else float(Fraction(1) - Fraction(step) * (n - 1 - i))
+        for i in range(n)
+    ]
+    return np.asarray(values) * (n - 1) / n
 
 
 def _resample_axis(array: np.ndarray, axis: int, coords: np.ndarray, mode: str, padding_mode: str) -> np.ndarray:

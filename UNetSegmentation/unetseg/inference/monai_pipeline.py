@@ -183,8 +183,10 @@ def _preprocess(
     if op == "spacing":
         new_affine, shape = geometry.spacing_grid(affine, volume.shape[1:], step["pixdim"])
         _check_work(shape, volume.shape[0], affine, new_affine, inferer, settings, limits)
+        resampled = geometry.resample(volume, affine, new_affine, shape, step["mode"], step["padding_mode"])
+        new_affine = geometry.tracked_affine(affine, new_affine, volume.shape[1:], shape)
         records.append(_Resampled(affine, volume.shape[1:], new_affine, step["mode"], step["padding_mode"]))
-        return geometry.resample(volume, affine, new_affine, shape, step["mode"], step["padding_mode"]), new_affine
+        return resampled, new_affine
     if op == "scale_intensity_range":
         args = {k: step[k] for k in ("a_min", "a_max", "b_min", "b_max", "clip")}
         return intensity.scale_intensity_range(volume, **args), affine
