@@ -8,12 +8,19 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint benchmarks clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Testing/requirements-nnunet.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	# torch first, alone, so that no other requirement picks a different (CUDA) build of it
 	$(PY) -m pip install "$(TORCH_SPEC)"
 	$(PY) -m pip install -e ".[test,onnx,cluster]"
+	# imported nnU-Net models build their networks with dynamic-network-architectures; --no-deps: it declares timm,
+	# which pulls torchvision (a CUDA build) and may replace torch, yet its U-Nets never import timm
+	$(PY) -m pip install --no-deps dynamic-network-architectures==0.4.4
+	# the real nnU-Net for the parity tests and benchmarks: its requirements under the installed torch, then itself
+	$(PY) -m pip freeze | grep -i '^torch==' > $(VENV)/torch-constraint.txt
+	$(PY) -m pip install -c $(VENV)/torch-constraint.txt -r Testing/requirements-nnunet.txt
+	$(PY) -m pip install --no-deps nnunetv2==2.8.1
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -10,6 +10,7 @@ is imported, run with torch and with its ONNX export, with and without TTA, and 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -56,7 +57,7 @@ def reference(key: str, tta: bool, case: str) -> np.ndarray:
 def dice_per_label(pred: np.ndarray, ref: np.ndarray) -> dict[int, float]:
     """Dice of every label present in either map (1.0 when both lack it)."""
     out = {}
-    for value in sorted(set(np.unique(ref)) | set(np.unique(pred)) - {0}):
+    for value in sorted((set(np.unique(ref)) | set(np.unique(pred))) - {0}):
         a, b = pred == value, ref == value
         out[int(value)] = 2.0 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
     return out
@@ -137,3 +138,24 @@ def test_the_onnx_path_runs_without_torch(catalog, tmp_path):
     assert done.returncode == 0, done.stderr
     dice = dice_per_label(sitk.GetArrayFromImage(sitk.ReadImage(str(out))), reference("mr", True, case))
     assert min(dice.values()) >= MIN_DICE, dice
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("nnunetv2") is None, reason="needs nnunetv2 (the Makefile installs it)")
+def test_a_model_regenerated_end_to_end_by_nnunet_matches(tmp_path):
+    """Plan, preprocess, train (two folds, a few iterations) and predict with the real nnunetv2, then import."""
+    out = tmp_path / "fixtures"
+    done = subprocess.run([sys.executable, str(FIXTURES.parents[2] / "benchmarks" / "make_nnunet_fixtures.py"),
+                           "--out", str(out), "--models", "ct3d", "--epochs", "1", "--iterations", "5",
+                           "--no-probabilities", "--export"], capture_output=True, text=True, encoding="utf-8",
+                          timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    catalog = Catalog(bundled_dir=tmp_path / "none", user_dir=tmp_path / "models")
+    import_any(out / SOURCES["ct3d"], catalog, name="fresh")
+    package = catalog.get("fresh")
+    for tta in (True, False):
+        for path in sorted((out / "reference" / "ct3d" / ("tta" if tta else "notta")).glob("*.nii.gz")):
+            image = out / "cases" / "Dataset901_TinyCT" / "imagesTs" / path.name.replace(".nii.gz", "_0000.nii.gz")
+            labels = segment([Image.from_sitk(sitk.ReadImage(str(image)))], package, device="cpu", tta=tta)
+            dice = dice_per_label(labels.image.array, sitk.GetArrayFromImage(sitk.ReadImage(str(path))))
+            assert min(dice.values()) >= MIN_DICE, (path.name, tta, dice)

@@ -74,8 +74,8 @@ def test_nonzero_mask_fills_holes_like_binary_fill_holes():
 
 
 def test_regions_are_painted_in_class_order():
-    rules = NnUNetRules((0, 1, 2), (0, 1, 2), (1.0, 1.0, 1.0), (), {}, {}, (4, 4, 4), 2, ((1, 2), (2,)), (1, 2))
-    logits = np.array([[[[1.0, 1.0, -1.0]]], [[[-1.0, 2.0, 3.0]]]])  # head 0: whole, head 1: core
+    rules = NnUNetRules((0, 1, 2), (0, 1, 2), (1.0, 1.0, 1.0), (), {}, {}, (4, 4, 4), 2, 1, ((1, 2), (2,)), (1, 2))
+    logits = np.array([[[[1.0, 1.0, -1.0]]], [[[-1.0, 2.0, 3.0]]]], dtype=np.float16)  # head 0: whole, 1: core
     assert segmentation(logits, rules).tolist() == [[[1, 2, 2]]]
 
 

@@ -26,6 +26,10 @@ SKIP_PACKAGES = ("torch", "SimpleITK", "requests")
 TORCH, ONNX = BACKENDS  # the predictor's backends (`unetseg predict --backend`)
 # Packages that declare torch themselves: on Slicer < 5.12 (no skip_packages) they are installed without deps.
 _LEGACY_NO_DEPS = ("monai",)
+# Always installed without their dependencies: dynamic-network-architectures (imported nnU-Net models' networks)
+# declares timm, which pulls torchvision (a build that must match torch) and may replace torch; its U-Nets need
+# neither.
+NO_DEPS_PACKAGES = ("dynamic-network-architectures",)
 
 logger = logging.getLogger(__name__)
 
@@ -194,9 +198,15 @@ def _installTorchWithPyTorchUtils(requirement: str) -> None:
 
 
 def _pipInstallWithSlicer(requirements: list[str]) -> None:
-    """`slicer.packaging.pip_ensure` with skipped packages on Slicer >= 5.12; plain `pip_install` before."""
+    """`slicer.packaging.pip_ensure` with skipped packages on Slicer >= 5.12; plain `pip_install` before;
+    `NO_DEPS_PACKAGES` always with ``--no-deps``."""
     import slicer
 
+    for requirement in [r for r in requirements if _name(r) in NO_DEPS_PACKAGES]:
+        slicer.util.pip_install(f'"{requirement}" --no-deps')
+    requirements = [r for r in requirements if _name(r) not in NO_DEPS_PACKAGES]
+    if not requirements:
+        return
     packaging = getattr(slicer, "packaging", None) or getattr(slicer, "pydeps", None)
     if packaging is not None and hasattr(packaging, "pip_ensure"):
         from packaging.requirements import Requirement

@@ -39,7 +39,7 @@ def predict_labels(inputs: list[Image], package: ModelPackage, settings: WindowS
     run.report(_PREPARED, "preprocessed")
     predict, batch = _window_runner(backend, package, settings, run, pre.data.shape[0])
     run.start_windows(count_tiles(pre.data.shape[1:], rules.patch_size))
-    logits = sliding_window(pre.data, rules.patch_size, rules.heads, predict, batch)
+    logits = sliding_window(pre.data, rules.patch_size, rules.heads, rules.folds, predict, batch)
     run.check_cancel()
     pre.data = None
     run.report(_EXPORTING, "nnU-Net export")

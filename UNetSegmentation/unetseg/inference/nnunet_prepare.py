@@ -34,6 +34,7 @@ class NnUNetRules:
     resampling_probabilities: dict
     patch_size: tuple[int, ...]
     heads: int
+    folds: int = 1
     regions: tuple[tuple[int, ...], ...] | None = None
     class_order: tuple[int, ...] | None = None
 
@@ -51,6 +52,7 @@ class NnUNetRules:
             resampling_probabilities=rules["resampling_probabilities"],
             patch_size=tuple(int(p) for p in inference["patch_size"]),
             heads=int(net.get("heads", net["num_classes"])),
+            folds=len(net["folds"]),
             regions=None if regions is None else tuple(tuple(r) for r in regions["regions"]),
             class_order=None if regions is None else tuple(regions["class_order"]),
         )
@@ -142,18 +144,18 @@ def preprocess(arrays: np.ndarray, spacing: Sequence[float], rules: NnUNetRules)
 
 
 def segmentation(logits: np.ndarray, rules: NnUNetRules) -> np.ndarray:
-    """Labels from logits ``(heads, *spatial)``: the arg-max, or regions (sigmoid > 0.5, i.e. logit > 0) painted in
-    ``class_order``."""
+    """Labels from logits ``(heads, *spatial)``: the arg-max (ties to the lower label), or the regions whose sigmoid
+    (in float32) exceeds 0.5, painted in ``class_order``."""
     if rules.regions is None:
         return np.argmax(logits, axis=0).astype(np.uint8 if rules.heads <= 255 else np.uint16)
     labels = np.zeros(logits.shape[1:], dtype=np.uint8 if max(rules.class_order) < 255 else np.uint16)
     for head, value in enumerate(rules.class_order):
-        labels[logits[head] > 0] = value
+        labels[1 / (1 + np.exp(-logits[head].astype(np.float32))) > 0.5] = value
     return labels
 
 
 def export(logits: np.ndarray, pre: Preprocessed, rules: NnUNetRules) -> np.ndarray:
-    """Labels ``(z, y, x)`` on the input grid from the network's logits on the preprocessed grid."""
+    """Labels ``(z, y, x)`` on the input grid from the network's (fp16) logits on the preprocessed grid."""
     logits = resample_by_name(logits, pre.cropped_shape, rules.target_spacing(pre.spacing), pre.spacing,
                               rules.resampling_probabilities)
     cropped = segmentation(logits, rules)

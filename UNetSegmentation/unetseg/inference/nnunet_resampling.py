@@ -6,7 +6,7 @@ and along its one coarse axis with ``order_z`` (0: nearest); otherwise all axes 
 isotropic resizing is ``skimage.transform.resize(mode='edge', anti_aliasing=False)``, i.e. ``scipy.ndimage.zoom``
 with ``grid_mode=True`` and ``mode='nearest'`` clipped to the input's range; the coarse axis is
 ``map_coordinates`` at ``scale * (i + 0.5) - 0.5``. An unchanged shape is not resampled at all. Each channel is
-computed in float64 and stored in float32 (nnU-Net stores in the input's dtype).
+computed in float64 and stored in the input's dtype (float32 images, fp16 logits), as nnU-Net stores it.
 """
 
 from __future__ import annotations
@@ -77,14 +77,14 @@ def along_axis(x: np.ndarray, size: int, axis: int, order: int) -> np.ndarray:
 def resample(data: np.ndarray, shape: Sequence[int], current_spacing: Sequence[float], new_spacing: Sequence[float],
              order: int = 3, order_z: int = 0, force_separate_z: bool | None = None,
              separate_z_anisotropy_threshold: float = ANISO_THRESHOLD, is_seg: bool = False) -> np.ndarray:
-    """``resample_data_or_seg_to_shape`` for images and logits ``(C, *spatial)`` → float32 ``(C, *shape)``."""
+    """``resample_data_or_seg_to_shape`` for images and logits ``(C, *spatial)`` → ``(C, *shape)``, same dtype."""
     if is_seg:
         raise ValueError("nnU-Net's segmentation resampling is not needed at inference and is not reproduced.")
     shape = tuple(int(s) for s in shape)
     if tuple(data.shape[1:]) == shape:
         return data
     axis = separate_axis(force_separate_z, current_spacing, new_spacing, separate_z_anisotropy_threshold)
-    out = np.empty((data.shape[0], *shape), dtype=np.float32)
+    out = np.empty((data.shape[0], *shape), dtype=data.dtype)
     for c in range(data.shape[0]):
         x = data[c].astype(np.float64)
         if axis is None:

@@ -4,8 +4,8 @@ Tiles start at ``round(i * (size - patch) / (n - 1))`` with ``n = ceil((size - p
 (step 0.5); axes smaller than the patch are zero-padded, centred (``pad_nd_image``). A 2-D configuration on a
 volume runs slice by slice along the first axis. Each tile's logits are weighted by nnU-Net's Gaussian (a unit
 impulse smoothed with sigma = patch / 8, scaled to a maximum of 10, stored in fp16, zeros lifted to the smallest
-value) and the sum is divided by the summed weights. Torch-free: the ONNX path uses it as it is; the torch path
-hands it a window callable.
+value) and the sums are kept in fp16, as nnU-Net keeps them; the folds are averaged after stitching. Torch-free:
+the ONNX path uses it as it is; the torch path hands it a window callable.
 """
 
 from __future__ import annotations
@@ -73,24 +73,33 @@ def count_tiles(shape: Sequence[int], patch: Sequence[int]) -> int:
     return plane * (full[0] if lead else 1)
 
 
-def sliding_window(data: np.ndarray, patch: Sequence[int], heads: int,
+def sliding_window(data: np.ndarray, patch: Sequence[int], heads: int, folds: int,
                    predict: Callable[[np.ndarray], np.ndarray], batch_size: int = 1) -> np.ndarray:
-    """Gaussian-weighted logits ``(heads, *spatial)`` of ``data`` ``(C, *spatial)``, float32.
+    """The fold-averaged, Gaussian-weighted logits ``(heads, *spatial)`` of ``data`` ``(C, *spatial)``, in fp16.
 
-    ``predict`` maps a batch of tiles ``(B, C, *patch)`` to logits ``(B, heads, *patch)`` (mirroring, fold
-    averaging and progress are its business).
+    ``predict`` maps a batch of tiles ``(B, C, *patch)`` to the folds' stacked logits ``(B, folds * heads, *patch)``
+    (mirroring and progress are its business). As in nnU-Net, each fold's weighted logits and the weights are summed
+    in fp16 and divided, then the folds are summed in fp16 and divided by their number.
     """
     padded, unpad = pad_to_patch(data, patch)
     weights = gaussian(patch)
-    logits = np.zeros((heads, *padded.shape[1:]), dtype=np.float32)
-    norm = np.zeros(padded.shape[1:], dtype=np.float32)
+    weights16 = weights.astype(np.float16)
+    logits = np.zeros((folds * heads, *padded.shape[1:]), dtype=np.float16)
+    norm = np.zeros(padded.shape[1:], dtype=np.float16)
     todo = tiles(padded.shape[1:], patch)
     for first in range(0, len(todo), batch_size):
         chunk = todo[first:first + batch_size]
         batch = np.stack([padded[(slice(None), *t)] for t in chunk])
         out = predict(np.ascontiguousarray(batch, dtype=np.float32))
         for t, tile_logits in zip(chunk, out, strict=True):
-            logits[(slice(None), *t)] += tile_logits * weights
-            norm[t] += weights
+            region = logits[(slice(None), *t)]
+            np.add(region, tile_logits * weights, out=region, casting="unsafe")
+            np.add(norm[t], weights16, out=norm[t])
+    del padded
     logits /= norm
-    return logits[(slice(None), *unpad)]
+    total = logits[:heads]
+    for fold in range(1, folds):
+        total += logits[fold * heads:(fold + 1) * heads]
+    if folds > 1:
+        total /= np.float16(folds)
+    return np.ascontiguousarray(total[(slice(None), *unpad)])

@@ -1,7 +1,8 @@
 """Several trained copies of one network (the folds of a cross-validation) run as one module.
 
-nnU-Net ensembles its folds by averaging their logits (``nnUNetPredictor.predict_logits_from_preprocessed_data``);
-`FoldEnsemble` does the same per window, so the predictor, TTA and the ONNX export see one ordinary network.
+`FoldEnsemble` runs every member on each window and stacks their logits along the channels, fold after fold, so
+the predictor, TTA and the ONNX export see one ordinary network while the caller still averages the folds as the
+tool that trained them does (nnU-Net stitches each fold's windows in fp16, then averages the folds' logits).
 Its state dict prefixes each member's keys with ``fold_<name>.``.
 """
 
@@ -12,7 +13,7 @@ from torch import nn
 
 
 class FoldEnsemble(nn.ModuleDict):
-    """``forward(x)`` is the mean of the members' outputs (logits ``(N, heads, *spatial)``)."""
+    """``forward(x)`` is ``(N, folds * heads, *spatial)``: member ``f``'s logits in channels ``f*heads … ``."""
 
     def __init__(self, members: dict[str, nn.Module]) -> None:
         if not members:
@@ -20,8 +21,5 @@ class FoldEnsemble(nn.ModuleDict):
         super().__init__({f"fold_{name}": member for name, member in members.items()})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        total = None
-        for member in self.values():
-            out = member(x)
-            total = out if total is None else total + out
-        return total / len(self) if len(self) > 1 else total
+        outputs = [member(x) for member in self.values()]
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
