@@ -223,3 +223,25 @@ def test_each_supported_step_runs_as_monai_runs_it(tmp_path, image_path, kind, o
         assert values and min(dice.values()) >= 0.99, (kind, backend, dice)
         if kind != "slices":  # the trained network: the same labels voxel for voxel (the random 2D one has near-ties)
             assert (ours == reference).all(), (kind, backend, (ours == reference).mean())
+
+
+@pytest.mark.slow
+def test_a_2d_bundle_segments_a_single_slice_image_as_monai(tmp_path):
+    """A 2D network with a plain sliding window on a 2D image (rotated, anisotropic): MONAI drops the axis codes
+    and spacings beyond the image's two axes, and so does the import."""
+    from make_monai_bundle_fixture import ct_phantom
+
+    hu, _ = ct_phantom((48, 40, 3), seed=4)
+    image_2d = sitk.GetImageFromArray(hu[1])
+    image_2d.SetSpacing((0.9, 1.1))
+    image_2d.SetDirection((0.0, -1.0, 1.0, 0.0))
+    path = tmp_path / "slice.nii.gz"
+    sitk.WriteImage(image_2d, str(path))
+    config = inference_config()
+    config["network_def"] = {**NETWORK_DEFS["unet"], "spatial_dims": 2}
+    config["inferer"]["roi_size"] = [32, 32]
+    folder = write_bundle(tmp_path / "bundle_2d", config=config, seed=5)
+    reference = _monai_reference(folder, path)[0].T  # (y, x)
+    ours = segment(Image.from_sitk(sitk.ReadImage(str(path))), convert_bundle(folder, tmp_path / "pkg"), device="cpu")
+    assert ours.image.array.shape == (1, *reference.shape) and len(np.unique(reference)) > 1
+    np.testing.assert_array_equal(ours.image.array[0], reference)
