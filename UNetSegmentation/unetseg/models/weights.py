@@ -101,9 +101,9 @@ def build_model(pkg: ModelPackage, device: str = "cpu") -> nn.Module:
     """The package's network with its weights loaded (strictly), in eval mode on ``device``.
 
     An imported nnU-Net model is the ensemble of its folds (`FoldEnsemble`: their logits stacked, for the nnU-Net
-    pipeline to average as nnU-Net does), built from the manifest's ``network`` build spec; an imported MONAI bundle's network is its
-    allow-listed MONAI class with its arguments, the tensors it holds under several names restored from
-    ``network.aliases``.
+    pipeline to average as nnU-Net does), built from the manifest's ``network`` build spec; an imported MONAI
+    bundle's network is its allow-listed MONAI class with its arguments, the tensors it holds under several names
+    restored from ``network.aliases``.
     """
     state = load_state_dict(pkg)
     config = pkg.network_config
