@@ -81,7 +81,7 @@ def write_dicom_seg(path: PathLike, label_image: LabelImage, source: PathLike, m
         software_versions=f"unetseg {__version__}",
         device_serial_number="none",
         series_description=f"{model} segmentation"[:64],
-        omit_empty_frames=False,
+        omit_empty_frames=True,
     )
     with atomic_write(path) as temporary:
         seg.save_as(str(temporary))
