@@ -192,5 +192,7 @@ def test_an_nnunet_folder_imports_through_the_background_process_and_lists_with_
     package = logic.modelInfo("tiny-ct3d")
     assert package.variant == "nnunetv2" and package.provenance["folds"] == ["0", "1"]
     assert all(label.name.lower() in tooltip(package).lower() for label in package.labels)
-    with pytest.raises(ValueError, match=r"keeps the name in its model\.json"):
+    with pytest.raises(ValueError, match=r"keeps its name and modality in its model\.json"):
         logic.importModel(package.path, name="other")
+    with pytest.raises(ValueError, match="Unknown modality 'PET'"):
+        logic.importModel(folder, modality="PET")

@@ -35,7 +35,14 @@ from unetseg.modality import ModalityGuess
 from unetseg.models.card import title
 from unetseg.models.catalog import Catalog
 from unetseg.models.importers import PACKAGE, detect_format
-from unetseg.vocabulary import DEFAULT_TRAINING_VARIANT, DEVICES, MODALITY_TITLES, VARIANTS, check_choice
+from unetseg.vocabulary import (
+    DEFAULT_TRAINING_VARIANT,
+    DEVICES,
+    MODALITIES,
+    MODALITY_TITLES,
+    VARIANTS,
+    check_choice,
+)
 from UNetSegmentationLib import scene_io, segment_import, training_scene
 from UNetSegmentationLib.dependencies import ONNX, TORCH, DependencyInstaller
 
@@ -85,20 +92,23 @@ class UNetSegmentationLogic:
         waitForCompletion: bool = True,
         progressCallback: ProgressCallback | None = None,
         python: str | None = None,
+        modality: str | None = None,
     ) -> Any:
         """Import a model into the user's model folder: a package (zip or folder), an nnU-Net v2 trained-model
         folder or zip, or a MONAI bundle folder or zip; return its catalog name.
 
         A package is validated and copied here. A foreign model is converted by `unetseg models import` in a
         background process (it reads checkpoints with PyTorch, which the GUI process need not load); `name`
-        names the converted model. Without `waitForCompletion`, a `BackgroundRun` whose `result` is the name.
+        names the converted model, `modality` ("CT", "MR", "XR") is a MONAI bundle's whose metadata names none.
+        Without `waitForCompletion`, a `BackgroundRun` whose `result` is the name.
         """
         if detect_format(path) == PACKAGE:
-            if name:
-                raise ValueError("A model package keeps the name in its model.json; rename it there.")
+            if name or modality:
+                raise ValueError("A model package keeps its name and modality in its model.json; change them there.")
             return self.catalog.import_model(Path(path))
         args = ["models", "import", str(Path(path).expanduser().absolute()), "--progress", "json"]
         args += ["--name", name] if name else []
+        args += ["--modality", check_choice("modality", modality, MODALITIES)] if modality else []
         workDir = scene_io.newWorkFolder()
         return self._run(args, _importedName, workDir, progressCallback, python, waitForCompletion)
 

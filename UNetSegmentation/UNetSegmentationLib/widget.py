@@ -13,6 +13,7 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
 from unetseg.models.card import title
+from unetseg.vocabulary import MODALITY_TITLES
 from UNetSegmentationLib.apply_state import applyState
 from UNetSegmentationLib.dependencies import DependencyInstaller
 from UNetSegmentationLib.logic import UNetSegmentationLogic
@@ -282,7 +283,12 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not path:
             return
         with slicer.util.tryWithErrorDisplay(_("The model could not be imported."), waitCursor=True):
-            name = self.logic.importModel(path)
+            try:
+                name = self.logic.importModel(path)
+            except RuntimeError as error:
+                if "--modality" not in str(error) or not (modality := self._askModality()):
+                    raise
+                name = self.logic.importModel(path, modality=modality)
             self.models.invalidate()
             self._parameterNode.model = name
             self._updateGui()
@@ -290,6 +296,13 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if name not in [self.ui.modelComboBox.itemData(i) for i in range(self.ui.modelComboBox.count)]:
                 slicer.util.infoDisplay(_("Model '{name}' was imported; choose its modality and variant to see it.")
                                         .format(name=name))
+
+    def _askModality(self) -> str:
+        """The modality of a MONAI bundle whose metadata names none, asked of the user ("" when cancelled)."""
+        titles = list(MODALITY_TITLES.values())
+        chosen = qt.QInputDialog.getItem(self.parent, _("Import model"), _(
+            "The bundle does not say which images its network reads. Which modality is it for?"), titles, 0, False)
+        return next((code for code, text in MODALITY_TITLES.items() if text == chosen), "")
 
     def _askModelLocation(self) -> str:
         """A folder or a zip chosen by the user (one Qt dialog cannot offer both), or "" when cancelled."""
