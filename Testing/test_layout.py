@@ -339,3 +339,17 @@ def test_every_text_io_names_its_encoding():
             offenders += [f"{path.relative_to(ROOT)}:{line}"
                           for line in _text_io_without_encoding(ast.parse(path.read_text(encoding="utf-8")))]
     assert not offenders, "text I/O without encoding=: " + ", ".join(offenders)
+
+
+def test_the_readme_layout_names_every_module():
+    """The README's map is drawn from the tree: every module of the core and the Slicer side is named in it."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("<!-- layout:start -->", 1)[1].split("<!-- layout:end -->", 1)[0]
+    named = set(re.findall(r"[\w.]+\.py", block))
+    missing = sorted(
+        p.relative_to(MODULE_DIR).as_posix()
+        for folder in (CORE_DIR, LIB_DIR)
+        for p in folder.rglob("*.py")
+        if p.name not in ("__init__.py", "__main__.py") and p.name not in named
+    )
+    assert not missing, f"modules missing from the README's layout section: {missing}"
