@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from nnunet_fakes import configuration as nnunet_configuration
+from nnunet_fakes import plans_for, write_model
 from scipy import ndimage
-from test_nnunet_format import configuration as nnunet_configuration
-from test_nnunet_format import plans_for, write_model
 
 from unetseg.inference.nnunet_prepare import NnUNetRules, bounding_box, nonzero_mask, segmentation
 from unetseg.inference.nnunet_resampling import along_axis, new_shape, resample, separate_axis
