@@ -19,6 +19,7 @@ from typing import Any
 from unetseg.jobs.cohort_inputs import OUTPUT_SUFFIXES, Case, find_cases, output_suffix
 from unetseg.jobs.cohort_progress import CohortProgress
 from unetseg.jobs.cohort_workers import InlinePool, ProcessPool, RunSettings
+from unetseg.jobs.predict_case import work_limits
 from unetseg.jobs.ray_cluster import RayPool
 from unetseg.jobs.run_log import RunLog, remove_stale_temporaries
 from unetseg.jobs.runner import Job, JobCancelled, SomeCasesFailed, describe
@@ -93,7 +94,8 @@ def _pool_plan(options: dict[str, Any]) -> tuple[RunSettings, int | None, list[s
     if options.get("cpus_per_worker") is not None and options.get("ray") is None:
         raise ValueError("--cpus-per-worker applies to --ray; on this machine the CPUs are divided between --workers.")
     settings = RunSettings(str(path.absolute()) if path.exists() else model, "cuda" if devices else device,
-                           options["tta"], options["postprocess"], options["backend"])  # fmt: skip
+                           options["tta"], options["postprocess"], options["backend"],
+                           work_limits(options))  # fmt: skip
     return settings, workers, devices
 
 

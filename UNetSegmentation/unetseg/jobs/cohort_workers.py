@@ -20,6 +20,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
+from unetseg.inference.limits import WorkLimits
 from unetseg.inference.predictor import SegmentationCancelled
 from unetseg.jobs.cohort_inputs import Case
 from unetseg.jobs.predict_case import predict_to_file
@@ -36,6 +37,7 @@ class RunSettings:
     tta: bool | None = None
     postprocess: bool | None = None
     backend: str = "torch"
+    limits: WorkLimits | None = None  # memory and window ceilings of one segmentation
     threads: int | None = None  # torch threads per worker (None: torch's default)
     gpu: str | None = None  # the physical GPU this worker sees as cuda:0 (CUDA_VISIBLE_DEVICES)
 
@@ -64,7 +66,7 @@ class CaseRunner:
         s = self.settings
         try:
             path, messages = predict_to_file(case.inputs, self.package, case.output, s.device, s.tta, s.postprocess,
-                                             s.backend, cancel=cancel)  # fmt: skip
+                                             s.backend, cancel=cancel, limits=s.limits)  # fmt: skip
             record.update(status="done", error=None, bytes=path.stat().st_size, messages=messages)
         except SegmentationCancelled:
             record.update(status="cancelled", error=None)
@@ -140,16 +142,20 @@ def _run_in_worker(case: Case) -> dict[str, Any]:
 
 
 class ProcessPool:
-    """N worker processes (spawned: no inherited threads or CUDA state); torch threads divided between them on a
-    CPU, one GPU each with ``devices``. A worker that dies (out of memory, a crash) fails its case; the pool is
-    started again for the rest."""
+    """N worker processes (spawned: no inherited threads or CUDA state); torch threads and, unless given, the
+    memory ceiling divided between them; one GPU each with ``devices``. A worker that dies (out of memory, a
+    crash) fails its case; the pool is started again for the rest."""
 
     def __init__(self, settings: RunSettings, workers: int, devices: list[str] | None, cancel: threading.Event):
         self.slots = workers
         self._context = multiprocessing.get_context("spawn")
         self._cancel = self._context.Event()
         self._stop = cancel
-        self._settings = replace(settings, threads=settings.threads or max(1, (os.cpu_count() or 1) // workers))
+        limits = settings.limits or WorkLimits()
+        if limits.max_memory_gb is None:  # the machine's default share, split: the workers run at once
+            limits = replace(limits, max_memory_gb=limits.memory_bytes() / workers / 1024**3)
+        threads = settings.threads or max(1, (os.cpu_count() or 1) // workers)
+        self._settings = replace(settings, threads=threads, limits=limits)
         self._devices = devices
         self._executor, self._futures = self._start()
 

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from unetseg.inference.limits import WorkLimits
 from unetseg.jobs.cohort import COHORT_OPTIONS, run_cohort
 from unetseg.jobs.cohort_inputs import is_cohort
-from unetseg.jobs.predict_case import predict_to_file
+from unetseg.jobs.predict_case import predict_to_file, work_limits
 from unetseg.jobs.runner import Job
-from unetseg.vocabulary import DEFAULT_MAX_WINDOWS
 
 
 def run(job: Job, options: dict[str, Any]) -> None:
@@ -34,8 +32,3 @@ def run(job: Job, options: dict[str, Any]) -> None:
     for message in messages:
         job.log(message)
     job.result(f"Wrote {path}", output=path, messages=messages)
-
-
-def work_limits(options: dict[str, Any]) -> WorkLimits:
-    """The `--max-memory-gb` / `--max-windows` ceilings (defaults sized to this machine)."""
-    return WorkLimits(options.get("max_memory_gb"), options.get("max_windows") or DEFAULT_MAX_WINDOWS)

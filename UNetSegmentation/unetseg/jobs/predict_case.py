@@ -10,6 +10,7 @@ import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from unetseg.inference.limits import WorkLimits
 from unetseg.inference.predictor import SegmentationCancelled, segment
@@ -19,6 +20,7 @@ from unetseg.jobs.cohort_inputs import output_suffix
 from unetseg.jobs.progress import ProgressEmitter
 from unetseg.models.catalog import load_model
 from unetseg.models.package import ModelPackage
+from unetseg.vocabulary import DEFAULT_MAX_WINDOWS
 
 
 def check_output_name(path: Path, output_format: str | None = None) -> None:
@@ -62,6 +64,11 @@ def _stem(name: str) -> str:
         if lower.endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def work_limits(options: dict[str, Any]) -> WorkLimits:
+    """The `--max-memory-gb` / `--max-windows` ceilings (defaults sized to this machine)."""
+    return WorkLimits(options.get("max_memory_gb"), options.get("max_windows") or DEFAULT_MAX_WINDOWS)
 
 
 def predict_to_file(
