@@ -2,7 +2,7 @@
 
 `unetseg demo` and the Slicer self-test report the Dice on it next to the training case's, so the demo shows
 what a model trained on one subject does on another. The case is the one the model card measures
-(`bundled_datasets.build_ct_spleen`): TotalSegmentator's example_ct_sm with TotalSegmentator's spleen (a model
+(`bundled_ct_cases.build_ct_spleen`): TotalSegmentator's example_ct_sm with TotalSegmentator's spleen (a model
 output, not a manual label). Writes two NIfTI files into SampleData and the sample's entry in samples.json:
 
     python benchmarks/heldout_sample.py [--shared-data ../shared/data]
@@ -18,7 +18,8 @@ from pathlib import Path
 import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bundled_datasets  # sibling scripts
+import bundled_ct_cases  # sibling scripts
+import bundled_datasets
 import bundled_models
 
 MODEL = "ct-spleen"
@@ -30,7 +31,7 @@ ENTRY = {
     "reference": "ts_example_ct_sm_spleen.nii.gz",
     "model": MODEL,
     "heldout_for": [MODEL],
-    "licence": bundled_datasets.TS_LICENCE,
+    "licence": bundled_ct_cases.TS_LICENCE,
     "attribution": "example_ct_sm.nii.gz from TotalSegmentator's test files (github.com/wasserth/TotalSegmentator, "
     "tests/reference_files, Apache-2.0); reference = TotalSegmentator's own spleen (model output, not manual). "
     "Wasserthal J. et al., Radiology: AI 2023. Never seen by the bundled ct-spleen model.",
@@ -40,7 +41,7 @@ ENTRY = {
 def write_heldout_sample(shared: Path) -> list[Path]:
     """Write the held-out CT and its spleen label into SampleData and add (or refresh) its samples.json entry."""
     sample_dir = bundled_datasets.SAMPLE_DIR
-    _, heldout = bundled_datasets.build_ct_spleen(shared, sample_dir)
+    _, heldout = bundled_ct_cases.build_ct_spleen(shared, sample_dir)
     case = next(c for c in heldout if c.name == ENTRY["name"])
     paths = [sample_dir / ENTRY["images"][0], sample_dir / ENTRY["reference"]]
     for image, path in zip((case.image, case.label), paths, strict=True):
