@@ -39,7 +39,7 @@ def test_a_dynunet_package_stores_each_tensor_once_and_loads_identically(tmp_pat
     assert size < parameter_bytes * 1.1 + 20_000  # the parameters once, plus the header
 
     with safe_open(package.weights_path, "pt") as f:
-        stored = set(f.keys())  # noqa: SIM118 (not a dict)
+        stored = set(f.keys())
         aliases = aliases_from_metadata(f.metadata())
     assert stored.isdisjoint(aliases) and set(aliases.values()) <= stored
     assert stored | set(aliases) == set(state)
