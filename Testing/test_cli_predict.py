@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from dicom_series import write_dicom_series
 from echo_model import echo_image, echo_package, echo_state_dict
 from safetensors.torch import save as safetensors_save
 
@@ -42,30 +43,6 @@ def case():
     return echo_image(labels).with_array(labels.array.astype(np.int16)), labels
 
 
-def _write_dicom_series(image: Image, folder: Path) -> Path:
-    """Write a CT DICOM series, one file per slice, with the geometry tags GDCM reads back."""
-    folder.mkdir()
-    volume = image.to_sitk()
-    d = image.direction
-    orientation = "\\".join(f"{v:.9f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k in range(volume.GetDepth()):
-        plane = volume[:, :, k]
-        tags = {
-            "0008|0060": "CT", "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
-            "0020|000d": "1.2.826.0.1.3680043.2.1125.1", "0020|000e": "1.2.826.0.1.3680043.2.1125.2",
-            "0020|0037": orientation, "0020|0013": str(k + 1), "0018|0050": str(image.spacing[2]),
-            "0020|0032": "\\".join(f"{v:.9f}" for v in volume.TransformIndexToPhysicalPoint((0, 0, k))),
-            "0008|0018": f"1.2.826.0.1.3680043.2.1125.3.{k + 1}",
-        }  # fmt: skip
-        for tag, value in tags.items():
-            plane.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
-        writer.Execute(plane)
-    return folder
-
-
 def _events(out: str) -> list[dict]:
     return [e for e in (parse_progress_line(line) for line in out.splitlines()) if e is not None]
 
@@ -89,7 +66,7 @@ def test_nrrd_nifti_and_dicom_inputs_give_identical_labels(models, case, tmp_pat
     sitk.WriteImage(image.to_sitk(), str(tmp_path / "ct.nrrd"))
     sitk.WriteImage(image.to_sitk(), str(tmp_path / "ct.nii.gz"))
     inputs = {"nrrd": tmp_path / "ct.nrrd", "nifti": tmp_path / "ct.nii.gz",
-              "dicom": _write_dicom_series(image, tmp_path / "dicom")}  # fmt: skip
+              "dicom": write_dicom_series(image, tmp_path / "dicom")}  # fmt: skip
     results = {}
     for name, path in inputs.items():
         out = tmp_path / f"out-{name}.seg.nrrd"
