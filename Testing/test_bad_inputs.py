@@ -147,13 +147,16 @@ def test_a_broken_model_is_one_clear_message(base, tmp_path, capsys, case):
 def test_bad_paths_and_arguments_are_one_clear_message_each(base, tmp_path, capsys):
     root, package = base
     ct, model = str(root / "ct.nrrd"), str(package.path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
     cases = [
         (["-i", str(tmp_path / "absent.nrrd"), "-m", model, "-o", str(tmp_path / "o.nrrd")], "not found"),
         (["-i", ct, "-m", str(tmp_path / "no-model"), "-o", str(tmp_path / "o.nrrd")], "no-model"),
         (["-i", ct, "-m", model, "-o", str(tmp_path / "o.png")], "Unsupported output extension"),
         (["-i", ct, "-m", model, "-o", str(tmp_path / "missing" / "o.nrrd")], "does not exist"),
         (["-i", ct, "-i", ct, "-m", model, "-o", str(tmp_path / "o.nrrd")], "Give one image per input"),
-        (["-i", str(tmp_path), "-m", model, "-o", str(tmp_path / "o.nrrd")], "DICOM"),
+        (["-i", str(empty), "-m", model, "-o", str(tmp_path / "out")], "holds no DICOM series, no image files"),
+        (["-i", str(empty), "-m", model, "-o", str(tmp_path / "o.nrrd")], "-o names the output folder"),
     ]
     for args, words in cases:
         code, text = _predict(args, capsys)
