@@ -40,6 +40,7 @@ from unetseg.vocabulary import (
     DEVICES,
     MODALITIES,
     MODALITY_TITLES,
+    PRECISIONS,
     VARIANTS,
     check_choice,
 )
@@ -180,6 +181,7 @@ class UNetSegmentationLogic:
         progressCallback: ProgressCallback | None = None,
         python: str | None = None,
         backend: str | None = None,
+        precision: str = "auto",
     ) -> Any:
         """Segment one volume (or a model's sequences, in the model's input order) with a catalog model.
 
@@ -188,6 +190,8 @@ class UNetSegmentationLogic:
         `tta=None` keeps the model's test-time augmentation default, True turns mirroring TTA on, False off
         (`--tta` / `--no-tta`); `postprocess=None` keeps the model's default, False turns post-processing off.
         `backend` ("torch" or "onnx", see `segmentationBackend`) is passed on; None lets the predictor choose.
+        `precision` ("auto", "fp32", "bf16", "fp16", "int8") is the windows' numeric precision: auto takes the
+        fastest one this computer runs natively and the model is validated for (`--precision`).
         Writing into an existing `outputSegmentation` replaces only the segments named like this model's labels
         (see `editedSegments` to ask first). On failure or cancel the scene is left as it was.
         """
@@ -195,6 +199,7 @@ class UNetSegmentationLogic:
         package = self.modelInfo(model)
         scene_io.checkInputs(volumes, package)
         check_choice("device", device, DEVICES)
+        check_choice("precision", precision, PRECISIONS)
         if backend is not None:
             check_choice("backend", backend, (TORCH, ONNX))
         workDir = scene_io.newWorkFolder()
@@ -212,6 +217,7 @@ class UNetSegmentationLogic:
         args += [] if tta is None else ["--tta" if tta else "--no-tta"]
         args += ["--no-postprocess"] if postprocess is False else []
         args += ["--backend", backend] if backend else []
+        args += ["--precision", precision] if precision != "auto" else []
         modelName = str(getattr(package, "name", model))
 
         def finish(run: BackgroundRun) -> Any:

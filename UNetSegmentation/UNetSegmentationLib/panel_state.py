@@ -21,6 +21,8 @@ from unetseg.vocabulary import (
     DEVICES,
     MODALITIES,
     MODALITY_TITLES,
+    PRECISION_TITLES,
+    PRECISIONS,
     VARIANT_TITLES,
     VARIANTS,
 )
@@ -31,7 +33,7 @@ EXTRA_INPUTS = (2, 3, 4)  # the panel offers up to four input sequences
 SETTINGS_GROUP = "UNetSegmentation"
 # The choices remembered across sessions in QSettings (the rest belongs to the scene; TTA follows the chosen model).
 SETTINGS_KEYS = (
-    "modality", "variant", "model", "device", "postprocess", "showIn3D", "trainingVariant",
+    "modality", "variant", "model", "device", "precision", "postprocess", "showIn3D", "trainingVariant",
     "timeBudgetMinutes",
 )
 
@@ -64,7 +66,10 @@ TrainingVariant = PanelChoice(
 )
 # Where inference and training run.
 Device = PanelChoice("Device", _members(DEVICES), module=__name__)
-_TITLES = {Modality: MODALITY_TITLES, Variant: VARIANT_TITLES, TrainingVariant: VARIANT_TITLES, Device: DEVICE_TITLES}
+# The numeric precision of the windows; Auto takes the fastest one validated for the model.
+Precision = PanelChoice("Precision", _members(PRECISIONS), module=__name__)
+_TITLES = {Modality: MODALITY_TITLES, Variant: VARIANT_TITLES, TrainingVariant: VARIANT_TITLES, Device: DEVICE_TITLES,
+           Precision: PRECISION_TITLES}
 
 
 @parameterNodeWrapper
@@ -79,6 +84,7 @@ class UNetSegmentationParameterNode:
     variant: Variant = Variant.ANY
     model: str = ""
     device: Device = Device.AUTO
+    precision: Precision = Precision.AUTO
     tta: bool = False
     postprocess: bool = True
     showIn3D: bool = True

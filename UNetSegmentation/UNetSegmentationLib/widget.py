@@ -202,7 +202,7 @@ class UNetSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._inputVolumes(), p.model, device=p.device.value, tta=p.tta,
                 postprocess=None if p.postprocess else False, outputSegmentation=output, showIn3D=p.showIn3D,
                 waitForCompletion=False, progressCallback=lambda event: self.runs.onEvent(SEGMENT, event),
-                backend=backend,
+                backend=backend, precision=p.precision.value,
             )
             info = self.models.info(p.model)
             self.runs.track(SEGMENT, run, _("Segmenting '{volume}' with {model}…").format(

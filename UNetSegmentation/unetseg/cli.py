@@ -21,6 +21,7 @@ from unetseg.vocabulary import (
     DEVICES,
     IMPORTED_VARIANTS,
     MODALITIES,
+    PRECISIONS,
     VARIANTS,
 )
 
@@ -71,6 +72,11 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("--configuration", help="nnU-Net configuration (e.g. 3d_fullres) when PATH holds several")
     imp.add_argument("--modality", type=str.upper, choices=MODALITIES,
                      help="a MONAI bundle's modality, when its metadata.json does not name one")
+    check = _job_parser(actions, "validate-precision", "models:run_validate_precision",
+                        "run a few windows of the model's sample in fp32 and in bf16, fp16 and int8, and record the "
+                        "label agreement in its manifest (--precision auto uses only the validated ones)")
+    check.add_argument("model", help="catalog name or model folder")
+    check.add_argument("--windows", type=int, default=3, metavar="N", help="windows to compare (default: 3)")
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
@@ -98,6 +104,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    help="skip the model's post-processing (largest component, hole filling, islands)")
     p.add_argument("--backend", choices=BACKENDS, default="torch",
                    help="torch (default; ONNX Runtime is used anyway when torch is not installed) or onnx")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="numeric precision of the windows (default: auto = the fastest this device computes natively "
+                        "that the model is validated for; int8 needs --backend onnx)")
     p.add_argument("--max-memory-gb", type=float, metavar="GB",
                    help="refuse an input whose network grid needs more memory (default: 3/4 of this machine's)")
     p.add_argument("--max-windows", type=int, default=DEFAULT_MAX_WINDOWS, metavar="N",

@@ -35,6 +35,15 @@ DEVICES = tuple(DEVICE_TITLES)
 # Inference engines: PyTorch, or ONNX Runtime on a model's ONNX export (no PyTorch needed).
 BACKENDS = ("torch", "onnx")
 
+# Numeric precision of the network's windows (`unetseg predict --precision`): "auto" picks the fastest one that this
+# device runs natively and the model is validated for (`unetseg.inference.precision`); int8 is ONNX Runtime's
+# statically quantised export. A lower precision is validated when, on a few windows of a sample, at least
+# MIN_FOREGROUND_AGREEMENT of the foreground voxels keep their fp32 label and every label keeps MIN_LABEL_DICE.
+PRECISION_TITLES = {"auto": "Auto", "fp32": "FP32", "bf16": "BF16", "fp16": "FP16", "int8": "INT8"}
+PRECISIONS = tuple(PRECISION_TITLES)
+LOWER_PRECISIONS = ("bf16", "fp16", "int8")
+MIN_FOREGROUND_AGREEMENT, MIN_LABEL_DICE = 0.995, 0.99
+
 # Hounsfield windows of the CT prior channels: lung (air outside the body falls in it too), soft tissue and
 # bone — name, lower and upper bound in HU. The network's add-on draws them as soft (sigmoid) windows, the
 # preprocessing helper `hu_prior_channels` as binary masks with both bounds included.

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from unetseg.inference.engines import int8_path, session_options
 from unetseg.inference.linear_resampling import argmax_on_grid, resample_linear
 from unetseg.inference.windows import WindowSettings, count_windows, sliding_window
 from unetseg.io.atomic import atomic_write
@@ -62,7 +63,7 @@ def export_onnx(model: ModelPackage | str) -> Path:
             external_data=False,
             dynamo=True,
         )
-        _record_weights_digest(temporary, weights_digest(package.weights_path))
+        record_weights_digest(temporary, weights_digest(package.weights_path))
         with torch.no_grad():
             expected = network(example).numpy()
         _check_export(temporary, example.numpy(), expected)
@@ -78,8 +79,9 @@ def weights_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _record_weights_digest(path: Path, digest: str) -> None:
-    import onnx  # lazy: only exports (which need torch) write ONNX files
+def record_weights_digest(path: Path, digest: str) -> None:
+    """Store the weights' digest in an ONNX file's metadata (the fp32 export and the int8 export)."""
+    import onnx  # lazy: only exports write ONNX files
 
     model = onnx.load(str(path))
     onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, WEIGHTS_DIGEST_KEY: digest})
@@ -107,16 +109,17 @@ def _session(path: Path, device: str) -> Any:
     providers = ["CPUExecutionProvider"]
     if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
         providers.insert(0, "CUDAExecutionProvider")
-    return ort.InferenceSession(str(path), providers=providers)
+    return ort.InferenceSession(str(path), sess_options=session_options(), providers=providers)
 
 
-def open_session(package: ModelPackage, device: str = "auto") -> Any:
-    """An ONNX Runtime session on a package's export; a missing or outdated export is a clear error.
+def open_session(package: ModelPackage, device: str = "auto", precision: str = "fp32") -> Any:
+    """An ONNX Runtime session on a package's export (its int8 export for ``precision`` int8); a missing or
+    outdated export is a clear error.
 
     An export that records its weights' digest is current when the weights still have it; an older export
     without one is current when it is newer than the weights file.
     """
-    path = package.onnx_path
+    path = int8_path(package) if precision == "int8" else package.onnx_path
     name = package.manifest["name"]
     if not path.is_file():
         raise ValueError(f"Model '{name}' has no ONNX export ({path}). Create it with: unetseg export-onnx {name}")
@@ -165,7 +168,7 @@ def predict_labels(
         raise ValueError(
             "The dense-CRF post-processing step needs PyTorch; use the torch backend or switch the CRF off."
         )
-    session = open_session(package, settings.device)
+    session = open_session(package, settings.device, settings.precision)
     if settings.spatial_dims == 2:  # slices become the batch: (z, C, y, x)
         x = resample_linear(volume.transpose(1, 0, 2, 3), grid[1:])
     else:

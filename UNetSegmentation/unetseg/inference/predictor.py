@@ -18,6 +18,7 @@ import numpy as np
 
 from unetseg.image import Image, LabelImage, check_finite, check_same_grid
 from unetseg.inference import monai_pipeline, nnunet_pipeline, onnx_backend
+from unetseg.inference.engines import with_precision
 from unetseg.inference.expectations import input_warnings
 from unetseg.inference.limits import WorkLimits, check_work
 from unetseg.inference.postprocessing import postprocess as run_postprocessing
@@ -101,6 +102,7 @@ def segment(
     backend: str = "torch",
     window_batch_size: int | None = None,
     limits: WorkLimits | None = None,
+    precision: str = "auto",
 ) -> LabelImage:
     """Segment one image (or one image per sequence, on one grid) with a model package, catalog name or path.
 
@@ -110,7 +112,9 @@ def segment(
     monotone fractions ending at 1.0; setting ``cancel`` stops between window batches with
     `SegmentationCancelled`. ``backend`` "torch" falls back to "onnx" when torch is not installed. An input
     whose network grid needs more windows or memory than ``limits`` (default: `WorkLimits()`, sized to this
-    machine) is refused with `WorkTooLargeError` before anything is resampled.
+    machine) is refused with `WorkTooLargeError` before anything is resampled. ``precision`` (fp32, bf16, fp16,
+    int8) runs the windows in that precision; "auto" picks the fastest the device computes natively and the model
+    is validated for (`engines.with_precision`; the progress log names the engine and precision that ran).
     """
     check_choice("device", device, DEVICES)
     run = Progress(progress, cancel)
@@ -136,6 +140,7 @@ def segment(
         )
     options = postprocess_options(package, postprocess)
     settings = window_settings(package, device, tta, window_batch_size, crf=bool(options.pop("crf", False)))
+    settings = with_precision(settings, package, backend, precision, lambda line: run.report(run.fraction, line))
     labels = _predict(inputs, package, settings, backend, run, limits or WorkLimits())
     run.check_cancel()
     if options:

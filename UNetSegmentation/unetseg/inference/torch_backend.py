@@ -1,8 +1,9 @@
 """The torch backend of the predictor: device choice, autocast, window batch size, mirror TTA, MONAI's
 sliding window with nnU-Net's settings, the slab-wise return to the input grid, and the out-of-memory ladder.
 
-On CUDA the windows run under autocast (bf16 where supported, else fp16) and the volume with its stitched
-scores may stay in CPU memory while windows run on the GPU (MONAI's ``sw_device``/``device`` split). Out of
+The windows run in the settings' precision (`torch_precision`: CUDA autocast, CPU bf16 channels-last), and on
+CUDA the volume with its stitched scores may stay in CPU memory while windows run on the GPU (MONAI's
+``sw_device``/``device`` split). Out of
 memory, the run is retried with half the window batch, then with the volume in CPU memory, then entirely on
 the CPU, each step reported through the progress messages.
 """
@@ -21,6 +22,7 @@ from unetseg.devices import resolve_device
 from unetseg.inference.crf import dense_crf
 from unetseg.inference.linear_resampling import ArrayOps, argmax_on_grid
 from unetseg.inference.preprocessing import resample
+from unetseg.inference.torch_precision import autocast_dtype, prepare_network, window_layout
 from unetseg.inference.windows import WindowSettings, count_windows, gaussian_weights
 from unetseg.models.weights import build_model
 
@@ -35,13 +37,6 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or (
         isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
     )
-
-
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """Mixed precision for the windows: bf16 on CUDA where supported, else fp16; none on CPU/MPS."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 @dataclass(frozen=True)
@@ -79,11 +74,13 @@ class WindowNetwork:
     def __init__(self, network: torch.nn.Module, settings: WindowSettings, device: torch.device, run: Any):
         self.network, self.run = network, run
         self.mirror_sets = settings.mirror_sets()
-        self.autocast = autocast_dtype(device)
-        self.device_type = device.type
+        self.autocast = autocast_dtype(device, settings.precision)
+        self.device, self.precision = device, settings.precision
+        prepare_network(network, device, settings.precision, settings.spatial_dims)  # channels-last for CPU bf16
 
     def __call__(self, windows: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(self.device_type, dtype=self.autocast, enabled=self.autocast is not None):
+        windows = window_layout(windows, self.device, self.precision)
+        with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
             total = None
             for axes in self.mirror_sets:
                 dims = [a + 2 for a in axes]
@@ -108,7 +105,8 @@ def window_batch_size(network: torch.nn.Module, settings: WindowSettings, channe
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
     probe = torch.zeros((1, channels, *settings.roi_size), device=device)
-    with torch.no_grad(), torch.autocast("cuda", dtype=autocast_dtype(device)):
+    dtype = autocast_dtype(device, settings.precision)
+    with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
         network(probe)
     per_window = max(torch.cuda.max_memory_allocated(device) - before, 1)  # mirrored passes run one by one
     return int(max(1, min(_MAX_GPU_BATCH, _GPU_MEMORY_SHARE * free // per_window)))

@@ -38,6 +38,7 @@ class WindowSettings:
     device: str = "auto"
     batch_size: int | None = None  # windows per network call; None = chosen from free memory
     crf: bool = False  # refine the class scores with the dense CRF before the arg-max (torch backend)
+    precision: str = "auto"  # fp32, bf16, fp16 or int8 (`precision.choose`); auto: fp32, or autocast on CUDA
 
     def mirror_sets(self) -> list[tuple[int, ...]]:
         """Every combination of mirrored axes (the empty one first): 2^k network passes per window."""

@@ -1,4 +1,4 @@
-"""The model jobs: `unetseg models` (list, import) and `unetseg export-onnx`."""
+"""The model jobs: `unetseg models` (list, import, validate-precision) and `unetseg export-onnx`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from unetseg.inference.onnx_backend import export_onnx
 from unetseg.jobs.runner import Job
 from unetseg.models.catalog import Catalog
 from unetseg.models.importers import import_any
+from unetseg.models.package import ModelPackage
+from unetseg.models.precision_check import check_precisions
 
 
 def run_list(job: Job, options: dict[str, Any]) -> None:
@@ -28,10 +30,29 @@ def run_import(job: Job, options: dict[str, Any]) -> None:
     name = import_any(options["path"], catalog, name=options["name"], folds=options["folds"],
                       checkpoint=options["checkpoint"], configuration=options["configuration"],
                       replace=options["replace"], modality=options.get("modality"))
+    _validate_imported(job, catalog.get(name))
     job.result(f"Imported model {name} into {catalog.user_dir / name}", name=name, output=str(catalog.user_dir / name))
+
+
+def _validate_imported(job: Job, package: ModelPackage) -> None:
+    """Record which lower precisions keep the new model's labels; a check that cannot run (no PyTorch, an unusual
+    pipeline) leaves it unvalidated (fp32 on the CPU) and is only reported."""
+    try:
+        check_precisions(package, report=job.log)
+    except Exception as error:  # an unvalidated model is still imported
+        job.log(f"Precision check skipped ({error}); run `unetseg models validate-precision {package.name}` later.")
 
 
 def run_export_onnx(job: Job, options: dict[str, Any]) -> None:
     """`unetseg export-onnx`: write ``model.onnx`` next to the model's weights."""
     path = export_onnx(options["model"])
     job.result(f"Wrote {path}", output=str(path))
+
+
+def run_validate_precision(job: Job, options: dict[str, Any]) -> None:
+    """`unetseg models validate-precision`: lower precisions against fp32 on the model's sample, into its manifest."""
+    package = Catalog().get(options["model"])
+    record = check_precisions(package, options["windows"], report=job.log)
+    allowed = [p for p, r in record["checked"].items() if r.get("validated")]
+    job.result(f"Model {package.name}: validated for fp32{''.join(', ' + p for p in allowed)} "
+               f"(recorded in {package.path / 'model.json'})", validated=["fp32", *allowed], record=record)

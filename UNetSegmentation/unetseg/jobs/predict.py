@@ -28,7 +28,8 @@ def run(job: Job, options: dict[str, Any]) -> None:
                          "CSV/TSV list.")  # fmt: skip
     path, messages = predict_to_file(options["input"], options["model"], options["output"], options["device"],
                                      options["tta"], options["postprocess"], options["backend"], job.emitter,
-                                     job.cancel, options.get("format"), work_limits(options))  # fmt: skip
+                                     job.cancel, options.get("format"), work_limits(options),
+                                     options.get("precision", "auto"))  # fmt: skip
     for message in messages:
         job.log(message)
     job.result(f"Wrote {path}", output=path, messages=messages)

@@ -83,6 +83,7 @@ def predict_to_file(
     cancel: threading.Event | None = None,
     output_format: str | None = None,
     limits: WorkLimits | None = None,
+    precision: str = "auto",
 ) -> tuple[Path, list[str]]:
     """Segment the image file(s) with a model and write the result to `output`; return its path and messages.
 
@@ -99,7 +100,7 @@ def predict_to_file(
         images = read_images(list(inputs))
         package = load_model(model)
         result = segment(images, package, device=device, progress=progress, cancel=cancel, tta=tta,
-                         postprocess=postprocess, backend=backend, limits=limits)  # fmt: skip
+                         postprocess=postprocess, backend=backend, limits=limits, precision=precision)  # fmt: skip
         if dicom_seg:
             write_dicom_seg(temporary, result, Path(inputs[0]).expanduser(), package.name, package.version)
         else:

@@ -1,0 +1,156 @@
+"""The precision check end to end: records in the manifest, `auto` following them (and the faked ISA), the engine
+line in the progress log, the int8 export run without torch, the CLI and the import."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from unetseg import cli, phantoms
+from unetseg.inference.engines import int8_path
+from unetseg.inference.predictor import segment
+from unetseg.models.manifest import read_manifest
+from unetseg.models.package import load_package, save_package
+from unetseg.models.precision_check import check_precisions
+from unetseg.models.validation_windows import validation_windows
+from unetseg.networks.factory import build_network
+
+REPO = Path(__file__).resolve().parents[1]
+ZEN4 = "avx avx2 fma avx512f avx512_bf16 avx512_vnni"
+ZEN2 = "avx avx2 fma"
+
+
+def _manifest(name: str = "precision-ct") -> dict:
+    config = {"variant": "unet", "spatial_dims": 3, "in_channels": 1, "num_classes": 3, "width": 0.125}
+    return {
+        "name": name, "version": "1", "modality": "CT", "variant": "unet", "spatial_dims": 3, "network": config,
+        "inputs": [{"name": "CT"}], "labels": [{"value": 1, "name": "bright"}, {"value": 2, "name": "dark"}],
+        "preprocessing": {"orientation": "RAS", "target_spacing": [2.0, 2.0, 3.5], "crop": "body",
+                          "normalization": [{"scheme": "ct", "mean": 0.0, "std": 400.0, "clip": [-1000.0, 1000.0]}]},
+        "inference": {"patch_size": [16, 32, 32]},
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def checked(tmp_path_factory):
+    """A random-weight CT package with its ONNX export, validated: (package, record)."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("models") / "precision-ct"
+    save_package(folder, _manifest(), build_network(_manifest()["network"]).state_dict())
+    assert cli.main(["export-onnx", str(folder)]) == 0
+    package = load_package(folder)
+    record = check_precisions(package, count=2)
+    return load_package(folder), record
+
+
+def test_windows_come_from_a_synthetic_phantom_of_the_modality_or_the_bundled_sample(checked):
+    package, _ = checked
+    windows = validation_windows(package, 2)
+    assert windows.windows.shape == (2, 1, 16, 32, 32) and windows.windows.dtype.name == "float32"
+    assert "synthetic CT" in windows.source and windows.windows.std() > 0.1
+    spleen = validation_windows(load_package(REPO / "UNetSegmentation/Resources/Models/ct-spleen"), 1)
+    assert spleen.source == "bundled sample spleen2"
+
+
+@pytest.mark.slow
+def test_the_record_is_in_the_manifest_and_passes_the_schema(checked):
+    package, record = checked
+    stored = read_manifest(package.path)["inference"]["precision"]
+    assert stored == json.loads(json.dumps(record))
+    assert stored["windows"] == 2 and stored["reference"] == "fp32 (torch)" and "synthetic CT" in stored["input"]
+    for precision in ("bf16", "fp16"):
+        entry = stored["checked"][precision]
+        assert entry["engine"] == "torch" and set(entry["dice"]) == {"bright", "dark"}
+        assert entry["foreground_voxels"] > 0 and 0.9 < entry["foreground_agreement"] <= 1.0
+        assert entry["validated"] == (entry["foreground_agreement"] >= 0.995 and entry["min_dice"] >= 0.99)
+    assert stored["checked"]["int8"]["engine"] == "onnxruntime" and int8_path(package).is_file()
+
+
+@pytest.mark.slow
+def test_auto_follows_the_record_and_the_cpu_and_says_which_engine_ran(checked, tmp_path, monkeypatch):
+    package, _ = checked
+    manifest = json.loads(json.dumps(package.manifest))
+    for entry in manifest["inference"]["precision"]["checked"].values():
+        entry["validated"] = True  # a random network's int8 agreement is not the point here
+    shutil.copytree(package.path, tmp_path / "m")
+    (tmp_path / "m" / "model.json").write_text(json.dumps(manifest), encoding="utf-8")
+    validated = load_package(tmp_path / "m")
+    image, _ = phantoms.ct_phantom(shape=(20, 40, 40))
+
+    def engine_line(**options) -> str:
+        lines = []
+        segment(image, validated, device="cpu", progress=lambda _f, stage: lines.append(stage), **options)
+        return next(line for line in lines if line.startswith("engine:"))
+
+    monkeypatch.setenv("UNETSEG_CPU_FLAGS", ZEN4)
+    _clear_features()
+    assert "torch" in engine_line() and "precision bf16: fastest validated" in engine_line()
+    assert "onnxruntime" in engine_line(backend="onnx") and "precision int8" in engine_line(backend="onnx")
+    monkeypatch.setenv("UNETSEG_CPU_FLAGS", ZEN2)  # an AVX2-only CPU: nothing faster than fp32 natively
+    _clear_features()
+    assert "(AVX2 (" in engine_line() and "precision fp32: no faster precision validated" in engine_line()
+    assert "precision bf16: as asked" in engine_line(precision="bf16")
+    with pytest.raises(ValueError, match="int8 is not available with torch"):
+        engine_line(precision="int8")
+    _clear_features()
+
+
+def _clear_features() -> None:
+    from unetseg.cpu_features import cpu_features
+
+    cpu_features.cache_clear()
+
+
+@pytest.mark.slow
+def test_the_int8_export_runs_without_torch(checked, tmp_path):
+    package, _ = checked
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["torch"] = sys.modules["monai"] = None  # as if not installed
+        from unetseg import phantoms
+        from unetseg.inference.predictor import segment
+        from unetseg.models.package import load_package
+        image, _ = phantoms.ct_phantom(shape=(20, 40, 40))
+        lines = []
+        result = segment(image, load_package({str(package.path)!r}), device="cpu", backend="onnx", precision="int8",
+                         progress=lambda f, s: lines.append(s))
+        print([line for line in lines if line.startswith("engine:")][0])
+        assert sys.modules["torch"] is None and result.image.array.max() > 0
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, encoding="utf-8",
+                          cwd=REPO, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "engine: onnxruntime" in done.stdout and "precision int8: as asked" in done.stdout
+
+
+@pytest.mark.slow
+def test_the_cli_validates_on_import_and_on_demand(tmp_path, monkeypatch, capsys):
+    torch.manual_seed(1)
+    source = tmp_path / "source"
+    save_package(source, _manifest("imported-ct"), build_network(_manifest()["network"]).state_dict())
+    monkeypatch.setenv("UNETSEG_MODELS_DIR", str(tmp_path / "user"))
+    assert cli.main(["models", "import", str(source)]) == 0
+    imported = load_package(tmp_path / "user" / "imported-ct")
+    assert set(imported.inference["precision"]["checked"]) == {"bf16", "fp16", "int8"}
+    assert "no ONNX export" in imported.inference["precision"]["checked"]["int8"]["not_checked"]
+    assert "bf16 (torch): foreground agreement" in capsys.readouterr().err
+    assert cli.main(["models", "validate-precision", "imported-ct", "--windows", "1"]) == 0
+    assert load_package(tmp_path / "user" / "imported-ct").inference["precision"]["windows"] == 1
+    assert "Model imported-ct: validated for fp32" in capsys.readouterr().out
+    image = tmp_path / "ct.nii.gz"
+    import SimpleITK as sitk
+
+    sitk.WriteImage(phantoms.ct_phantom(shape=(12, 24, 24))[0].to_sitk(), str(image))
+    out = tmp_path / "out.nii.gz"
+    assert cli.main(["predict", "-i", str(image), "-m", "imported-ct", "-o", str(out), "--device", "cpu",
+                     "--precision", "bf16"]) == 0  # fmt: skip
+    assert out.is_file()
+    assert cli.main(["predict", "-i", str(image), "-m", "imported-ct", "-o", str(out), "--precision", "int8"]) == 1
+    assert "int8 is not available with torch" in capsys.readouterr().err

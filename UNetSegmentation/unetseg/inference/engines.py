@@ -1,0 +1,95 @@
+"""The engine that runs a model's windows: which device it uses, which precision (`precision.choose`), ONNX Runtime's
+session options and int8 export, and the line the progress log shows ("torch 2.13 on cpu (AVX-512 BF16): bf16 …").
+
+Torch-free at import: the ONNX path never loads PyTorch (the device of the torch engine is resolved lazily).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from unetseg.cpu_features import cpu_features
+from unetseg.inference.precision import Choice, choose
+from unetseg.inference.windows import WindowSettings
+from unetseg.models.package import ModelPackage
+
+INT8_SUFFIX = ".int8.onnx"
+# The package kinds whose ONNX path takes the int8 export (imported models run their own pipelines in fp32 there).
+_INT8_KINDS = (None,)
+
+
+def int8_path(package: ModelPackage) -> Path:
+    """Where a package's statically quantised export lives: ``model.int8.onnx`` beside ``model.onnx``."""
+    return package.onnx_path.with_name(package.onnx_path.stem + INT8_SUFFIX)
+
+
+def device_type(backend: str, device: str) -> str:
+    """The device type the windows will run on: "cpu", "cuda" or "mps"."""
+    if backend == "onnx":
+        import onnxruntime  # lazy: ONNX Runtime, only when the ONNX path runs
+
+        cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+        return "cuda" if device in ("auto", "cuda") and cuda else "cpu"
+    from unetseg.devices import resolve_device  # lazy: torch
+
+    return resolve_device(device).type
+
+
+def _cuda_bf16(backend: str, kind: str) -> bool:
+    if backend != "torch" or kind != "cuda":
+        return False
+    import torch  # lazy: torch, only on a CUDA machine
+
+    return bool(torch.cuda.is_bf16_supported())
+
+
+def session_options() -> Any:
+    """ONNX Runtime session options: every graph optimisation (constant folding, operator fusion, layout
+    transformations) on, and the optimised graph kept in memory only."""
+    import onnxruntime  # lazy: ONNX Runtime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+def with_precision(
+    settings: WindowSettings, package: ModelPackage, backend: str, requested: str, report: Any = None
+) -> WindowSettings:
+    """``settings`` with the precision to run (as asked, or `auto`'s choice); ``report(stage)`` gets the engine line.
+
+    A lower precision that needs a file not made yet (the int8 export) is passed over by ``auto`` and refused when
+    asked for by name.
+    """
+    kind = device_type(backend, settings.device)
+    records = package.inference.get("precision")
+    int8_ready = package.preprocessing.get("kind") in _INT8_KINDS and int8_path(package).is_file()
+    if not int8_ready and records is not None:
+        records = {**records, "checked": {k: v for k, v in records.get("checked", {}).items() if k != "int8"}}
+    choice = choose(requested, backend, kind, cpu_features(), records, _cuda_bf16(backend, kind))
+    if choice.precision == "int8" and not int8_ready:
+        raise ValueError(
+            f"Model '{package.name}' has no int8 export ({int8_path(package).name}); make it with "
+            f"`unetseg models validate-precision {package.name}` (needs its ONNX export), or use --precision auto."
+        )
+    if report is not None:
+        report(describe(backend, kind, choice))
+    return dataclasses.replace(settings, precision=choice.precision)
+
+
+def describe(backend: str, kind: str, choice: Choice) -> str:
+    """E.g. "engine: torch 2.13.0 on cpu (AVX-512 BF16 (VNNI; /proc/cpuinfo)), precision bf16: fastest …"."""
+    name = {"torch": "torch", "onnx": "onnxruntime"}[backend]
+    version = _version(name)
+    where = f"{kind} ({cpu_features().describe()})" if kind == "cpu" else kind
+    return f"engine: {name} {version} on {where}, precision {choice.precision}: {choice.reason}"
+
+
+def _version(module: str) -> str:
+    try:
+        return version(module)
+    except PackageNotFoundError:
+        return ""

@@ -1,0 +1,120 @@
+"""Validate a model for lower precisions: a few windows of its sample in fp32 and in bf16, fp16 and int8, the label
+agreement of each recorded in the manifest (``inference.precision``), which `precision.choose` reads for ``auto``.
+
+bf16 and fp16 run in torch (autocast; on a CPU without native support torch emulates them with the same
+rounding, only slower), int8 in ONNX Runtime on the statically quantised export that this check makes from the
+model's ONNX export, calibrated on the same windows (`int8_export`). The reference is torch in fp32 (ONNX Runtime
+in fp32 where torch is absent). `unetseg models validate-precision NAME` runs it, and so does every import.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import json
+from collections.abc import Callable
+
+import numpy as np
+
+from unetseg.inference.int8_export import quantize_int8
+from unetseg.inference.onnx_backend import open_session
+from unetseg.inference.precision import agreement, labels_from_logits
+from unetseg.io.atomic import atomic_write
+from unetseg.models.manifest import MANIFEST_FILE, validate_manifest
+from unetseg.models.package import ModelPackage, load_package
+from unetseg.models.validation_windows import DEFAULT_WINDOWS, validation_windows
+from unetseg.vocabulary import LOWER_PRECISIONS, MIN_FOREGROUND_AGREEMENT, MIN_LABEL_DICE, MONAI_VARIANT
+
+Logits = Callable[[np.ndarray], np.ndarray]
+
+
+def check_precisions(package: ModelPackage, count: int = DEFAULT_WINDOWS, write: bool = True,
+                     report: Callable[[str], None] | None = None) -> dict:
+    """Measure each lower precision against fp32 on ``count`` windows; return the record (and write it into the
+    package's manifest with ``write``)."""
+    say = report or (lambda _line: None)
+    sample = validation_windows(package, count)
+    say(f"{len(sample.windows)} window(s) of {sample.source}")
+    reference_engine, engines = _engines(package, sample.windows)
+    sigmoid, names = output_kind(package)
+    reference = labels_from_logits(reference_engine[1](sample.windows), sigmoid)
+    checked = {}
+    for precision in LOWER_PRECISIONS:
+        engine = engines.get(precision)
+        if isinstance(engine, str):
+            checked[precision] = {"validated": False, "not_checked": engine}
+            say(f"{precision}: not checked ({engine})")
+            continue
+        name, run = engine
+        record = agreement(reference, labels_from_logits(run(sample.windows), sigmoid), names, sigmoid)
+        checked[precision] = {"engine": name, **record}
+        say(f"{precision} ({name}): foreground agreement {100 * record['foreground_agreement']:.3f} %, min Dice "
+            f"{record['min_dice']:.4f} -> {'validated' if record['validated'] else 'not validated'}")  # fmt: skip
+    result = {
+        "reference": f"fp32 ({reference_engine[0]})",
+        "windows": len(sample.windows),
+        "input": sample.source,
+        "rule": f"foreground agreement >= {MIN_FOREGROUND_AGREEMENT}, Dice >= {MIN_LABEL_DICE} for every label",
+        "date": datetime.date.today().isoformat(),
+        "checked": checked,
+    }
+    if write:
+        record_in_manifest(package, result)
+    return result
+
+
+def output_kind(package: ModelPackage) -> tuple[bool, list[str]]:
+    """Whether the outputs are sigmoid heads (regions, or a MONAI bundle's sigmoid activation), and the label name
+    of each output channel after background (each head for sigmoid outputs)."""
+    by_value = {label.value: label.name for label in package.labels}
+    regions = package.inference.get("regions")
+    if regions:
+        return True, [by_value.get(v, f"region {i}") for i, v in enumerate(regions["class_order"])]
+    post = ((package.inference.get("monai") or {}).get("postprocessing")) or []
+    sigmoid = package.preprocessing.get("kind") == MONAI_VARIANT and any(
+        s.get("op") == "activation" and s.get("function") == "sigmoid" for s in post)
+    heads = int(package.network_config.get("heads") or package.network_config["num_classes"])
+    names = [label.name for label in package.labels]
+    return sigmoid, (names if not sigmoid else [f"channel {i}" for i in range(heads)])
+
+
+def _engines(package: ModelPackage, windows: np.ndarray) -> tuple[tuple[str, Logits], dict]:
+    """The fp32 reference and, per lower precision, ``(engine name, logits function)`` or why it cannot run."""
+    torch_ok = importlib.util.find_spec("torch") is not None
+    engines: dict = {}
+    if torch_ok:
+        from unetseg.inference.torch_precision import window_logits  # lazy: torch
+
+        logits = window_logits(package, ("fp32", "bf16", "fp16"))
+        reference = ("torch", logits["fp32"])
+        engines.update({p: ("torch", logits[p]) for p in ("bf16", "fp16")})
+    else:
+        engines.update({p: "PyTorch is not installed" for p in ("bf16", "fp16")})
+    engines["int8"] = _int8_engine(package, windows)
+    if not torch_ok:
+        session = open_session(package, "cpu")
+        reference = ("onnxruntime", lambda x: session.run(None, {session.get_inputs()[0].name: x})[0])
+    return reference, engines
+
+
+def _int8_engine(package: ModelPackage, windows: np.ndarray) -> tuple[str, Logits] | str:
+    """ONNX Runtime on the int8 export calibrated on ``windows``, or why there is none."""
+    if package.preprocessing.get("kind") is not None:
+        return "int8 runs for the project's own packages only (imported models run their tool's pipeline)"
+    if not package.onnx_path.is_file():
+        return f"no ONNX export (make it with: unetseg export-onnx {package.name})"
+    if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
+        return "onnxruntime and onnx are not installed"
+    quantize_int8(package, windows)
+    session = open_session(package, "cpu", "int8")
+    return "onnxruntime", lambda x: session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def record_in_manifest(package: ModelPackage, result: dict) -> ModelPackage:
+    """Write ``result`` as the manifest's ``inference.precision`` (validated, atomically); the package re-read."""
+    manifest = json.loads(json.dumps(package.manifest))
+    manifest["inference"]["precision"] = result
+    validate_manifest(manifest, str(package.path / MANIFEST_FILE))
+    with atomic_write(package.path / MANIFEST_FILE) as temporary:
+        temporary.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return load_package(package.path)
