@@ -90,3 +90,15 @@ def test_a_refused_nnunet_model_leaves_the_user_folder_as_it_was(tmp_path):
         with pytest.raises(FormatError, match=message):
             import_any(folder, catalog)
         assert [p.name for p in catalog.user_dir.iterdir()] == []
+
+
+def test_fast_linear_resize_and_argmax_equal_the_reference_forms():
+    from unetseg.inference.nnunet_prepare import argmax
+    from unetseg.inference.nnunet_resampling import resize
+
+    x = np.random.default_rng(3).normal(size=(5, 9, 7))
+    zoomed = ndimage.zoom(x, [11 / 5, 4 / 9, 13 / 7], order=1, mode="nearest", grid_mode=True)
+    assert np.allclose(resize(x, (11, 4, 13), 1), zoomed, atol=1e-12)
+    logits = np.random.default_rng(4).normal(size=(4, 6, 7, 8)).astype(np.float16)
+    logits[2, 0, 0, 0] = logits[1, 0, 0, 0] = logits.max() + 1  # a tie goes to the lower label
+    assert np.array_equal(argmax(logits), np.argmax(logits, axis=0))

@@ -16,6 +16,7 @@ import numpy as np
 from unetseg.image import Image
 from unetseg.inference import onnx_backend
 from unetseg.inference.limits import WorkLimits, check_work
+from unetseg.inference.mirroring import CPU_COPIES, MirroredTiles
 from unetseg.inference.nnunet_prepare import NnUNetRules, export, preprocess
 from unetseg.inference.nnunet_resampling import new_shape
 from unetseg.inference.nnunet_windows import count_tiles, sliding_window
@@ -37,7 +38,7 @@ def predict_labels(inputs: list[Image], package: ModelPackage, settings: WindowS
     pre = preprocess(arrays, spacing, rules)
     del arrays
     run.report(_PREPARED, "preprocessed")
-    predict, batch = _window_runner(backend, package, settings, run, pre.data.shape[0])
+    predict, batch = _window_runner(backend, package, settings, run)
     run.start_windows(count_tiles(pre.data.shape[1:], rules.patch_size))
     logits = sliding_window(pre.data, rules.patch_size, rules.heads, rules.folds, predict, batch)
     run.check_cancel()
@@ -55,11 +56,17 @@ def _check_work(inputs: list[Image], rules: NnUNetRules, settings: WindowSetting
     check_work(new_shape(shape_t, spacing_t, target), len(inputs), settings, limits, spacing_t, target)
 
 
-def _window_runner(backend: str, package: ModelPackage, settings: WindowSettings, run: Any,
-                   channels: int) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
+def _window_runner(backend: str, package: ModelPackage, settings: WindowSettings,
+                   run: Any) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
+    """Tiles → mirror-averaged, fold-stacked logits, on ONNX Runtime or torch; and the tiles per call."""
     if backend == "onnx":
         session = onnx_backend.open_session(package, settings.device)
-        return onnx_backend.WindowRunner(session, settings, run), settings.batch_size or 1
+
+        def forward(batch: np.ndarray) -> np.ndarray:
+            return session.run([onnx_backend.OUTPUT_NAME], {onnx_backend.INPUT_NAME: batch})[0]
+
+        copies = len(settings.mirror_sets()) if "CUDAExecutionProvider" in session.get_providers() else CPU_COPIES
+        return MirroredTiles(forward, settings.mirror_sets(), copies, run), settings.batch_size or 1
     from unetseg.inference.torch_runner import window_runner  # lazy: torch
 
-    return window_runner(package, settings, run, channels)
+    return window_runner(package, settings, run)

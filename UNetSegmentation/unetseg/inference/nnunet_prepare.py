@@ -143,11 +143,23 @@ def preprocess(arrays: np.ndarray, spacing: Sequence[float], rules: NnUNetRules)
     return Preprocessed(data, spacing_t, shape_before, bbox, cropped)
 
 
+def argmax(logits: np.ndarray) -> np.ndarray:
+    """``np.argmax(logits, axis=0)`` (ties to the lower index) channel by channel in float32, much faster on fp16."""
+    best = logits[0].astype(np.float32)
+    index = np.zeros(best.shape, dtype=np.intp if len(logits) > 255 else np.uint8)
+    for c in range(1, len(logits)):
+        channel = logits[c].astype(np.float32)
+        higher = channel > best
+        index[higher] = c
+        np.maximum(best, channel, out=best)
+    return index
+
+
 def segmentation(logits: np.ndarray, rules: NnUNetRules) -> np.ndarray:
     """Labels from logits ``(heads, *spatial)``: the arg-max (ties to the lower label), or the regions whose sigmoid
     (in float32) exceeds 0.5, painted in ``class_order``."""
     if rules.regions is None:
-        return np.argmax(logits, axis=0).astype(np.uint8 if rules.heads <= 255 else np.uint16)
+        return argmax(logits).astype(np.uint8 if rules.heads <= 255 else np.uint16)
     labels = np.zeros(logits.shape[1:], dtype=np.uint8 if max(rules.class_order) < 255 else np.uint16)
     for head, value in enumerate(rules.class_order):
         labels[1 / (1 + np.exp(-logits[head].astype(np.float32))) > 0.5] = value

@@ -46,9 +46,18 @@ def separate_axis(force_separate_z: bool | None, current: Sequence[float], new: 
 
 
 def resize(x: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
-    """``skimage.transform.resize(x, shape, order, mode='edge', anti_aliasing=False)`` of a float64 array."""
+    """``skimage.transform.resize(x, shape, order, mode='edge', anti_aliasing=False)`` of a float64 array.
+
+    Order 1 is computed axis by axis (linear interpolation is separable, and stays within the input's range),
+    the same values as ``zoom``'s eight-tap sum up to rounding, several times faster.
+    """
     if tuple(x.shape) == tuple(shape):
         return x.copy()
+    if order == 1:
+        for axis, size in enumerate(shape):
+            if x.shape[axis] != size:
+                x = along_axis(x, size, axis, 1)
+        return x
     zoom = [n_out / n_in for n_out, n_in in zip(shape, x.shape, strict=True)]
     out = ndimage.zoom(x, zoom, order=order, mode="nearest", grid_mode=True)
     if order > 0:

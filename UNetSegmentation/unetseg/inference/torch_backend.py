@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
 
 from unetseg.devices import resolve_device
 from unetseg.inference.crf import dense_crf
@@ -173,6 +172,8 @@ def _run_attempt(
     run: Any,
 ) -> np.ndarray:
     """One try: resample to the network grid, stitch the windows, return labels on the volume's grid."""
+    from monai.inferers import sliding_window_inference  # lazy: MONAI (seconds to import; other pipelines skip it)
+
     x = torch.from_numpy(volume).to(attempt.storage)
     if settings.spatial_dims == 2:  # slices become the batch: (z, C, y, x)
         x = resample(x.permute(1, 0, 2, 3), grid[1:], "linear")

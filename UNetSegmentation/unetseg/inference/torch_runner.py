@@ -1,8 +1,7 @@
-"""A package's network as a numpy window callable on a torch device: tiles in, logits out.
+"""A package's network as a numpy forward on a torch device, for pipelines that stitch tiles themselves.
 
-For pipelines that stitch windows themselves (nnU-Net's sliding window in numpy) rather than through MONAI: the
-network is built once, runs under `torch_backend.WindowNetwork` (autocast on CUDA, mirror TTA averaging,
-progress and cancel) and returns float32 numpy logits.
+fp32 on the CPU and fp16 autocast on CUDA, as nnU-Net runs its networks; `mirroring.MirroredTiles` adds the
+mirrored copies. No MONAI: it takes seconds to import and this path never needs it.
 """
 
 from __future__ import annotations
@@ -14,20 +13,19 @@ import numpy as np
 import torch
 
 from unetseg.devices import resolve_device
-from unetseg.inference.torch_backend import WindowNetwork, window_batch_size
+from unetseg.inference.mirroring import CPU_COPIES, MirroredTiles
 from unetseg.inference.windows import WindowSettings
 from unetseg.models.weights import build_model
 
 
-def window_runner(package: Any, settings: WindowSettings, run: Any,
-                  channels: int) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
-    """The callable mapping tiles ``(B, C, *patch)`` to logits ``(B, K, *patch)``, and the tiles per call."""
+def window_runner(package: Any, settings: WindowSettings, run: Any) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
+    """The callable mapping tiles ``(B, C, *patch)`` to mirror-averaged logits, and the tiles per call."""
     device = resolve_device(settings.device)
     network = build_model(package, device)
-    call = WindowNetwork(network, settings, device, run)
 
-    def predict(tiles: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return call(torch.from_numpy(tiles).to(device)).float().cpu().numpy()
+    def forward(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+            return network(torch.from_numpy(batch).to(device)).float().cpu().numpy()
 
-    return predict, window_batch_size(network, settings, channels, device)
+    copies = CPU_COPIES if device.type == "cpu" else len(settings.mirror_sets())
+    return MirroredTiles(forward, settings.mirror_sets(), copies, run), settings.batch_size or 1
