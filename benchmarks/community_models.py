@@ -7,7 +7,8 @@ imported twice into a private model folder, with fold 0 only and with all five f
 
 Each contender is a whole command in its own process, on a 256x256x200 CT, interleaved over ``--reps``
 repetitions (contender order rotates per repetition): nnU-Net with ``-npp 1 -nps 1 -device cpu`` (1 fold and 5
-folds, with and without TTA), and ``unetseg predict --device cpu`` with the same folds and TTA, torch and ONNX.
+folds, with and without TTA), and ``unetseg predict --device cpu --precision fp32`` (nnU-Net's arithmetic) with
+the same folds and TTA, torch and ONNX.
 Printed per configuration: the median wall time and the peak RSS of the command's whole process tree (sampled
 every 0.1 s; nnU-Net's worker processes count), the ratio to nnU-Net, and the smallest per-label Dice between
 the contender's labels and nnU-Net's. Needs ``nnunetv2`` in this interpreter (the Makefile installs it):
@@ -72,26 +73,35 @@ def nnunet_env(work: Path) -> dict:
     return env
 
 
+def model_folder(work: Path) -> Path:
+    return work / "results" / DATASET / f"{TRAINER}__{PLANS}__{CONFIGURATION}"
+
+
 def make_model(work: Path, iterations: int, cases: int = 6) -> None:
-    """Raw data, nnU-Net's default plan (3d_fullres), preprocessing, then 5 folds trained for a few iterations."""
+    """Raw data, nnU-Net's default plan (3d_fullres), preprocessing, then 5 folds trained for a few iterations
+    (what is already there is kept: an interrupted run resumes with the next fold)."""
     os.environ.update(nnunet_env(work))
-    rng = np.random.default_rng(0)
-    raw = work / "raw" / DATASET
-    for i in range(cases):
-        image, label = make_case(rng, TRAIN_SHAPE, TRAIN_SPACING)
-        write(image, TRAIN_SPACING, raw / "imagesTr" / f"case{i:03d}_0000.nii.gz")
-        write(label, TRAIN_SPACING, raw / "labelsTr" / f"case{i:03d}.nii.gz")
-    (raw / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": LABELS,
-                                                  "numTraining": cases, "file_ending": ".nii.gz"}), encoding="utf-8")
     import torch
     from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments, preprocess
     from nnunetv2.run.run_training import get_trainer_from_args
 
-    extract_fingerprints([DATASET_ID], num_processes=1, check_dataset_integrity=True)
-    plan_experiments([DATASET_ID])
-    preprocess([DATASET_ID], PLANS, configurations=[CONFIGURATION], num_processes=[1])
+    if not (work / "preprocessed" / DATASET / f"{PLANS}_{CONFIGURATION}").is_dir():
+        rng = np.random.default_rng(0)
+        raw = work / "raw" / DATASET
+        for i in range(cases):
+            image, label = make_case(rng, TRAIN_SHAPE, TRAIN_SPACING)
+            write(image, TRAIN_SPACING, raw / "imagesTr" / f"case{i:03d}_0000.nii.gz")
+            write(label, TRAIN_SPACING, raw / "labelsTr" / f"case{i:03d}.nii.gz")
+        (raw / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": LABELS,
+                                                      "numTraining": cases, "file_ending": ".nii.gz"}),
+                                          encoding="utf-8")
+        extract_fingerprints([DATASET_ID], num_processes=1, check_dataset_integrity=True)
+        plan_experiments([DATASET_ID])
+        preprocess([DATASET_ID], PLANS, configurations=[CONFIGURATION], num_processes=[1])
     os.environ["nnUNet_n_proc_DA"] = "0"  # noqa: SIM112 (nnU-Net's name): augment in this process
     for fold in range(5):
+        if (model_folder(work) / f"fold_{fold}" / "checkpoint_final.pth").is_file():
+            continue
         torch.manual_seed(fold)
         trainer = get_trainer_from_args(DATASET, CONFIGURATION, fold, TRAINER, PLANS, device=torch.device("cpu"))
         trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch = 1, iterations, 1
@@ -104,7 +114,7 @@ def prepare_contenders(work: Path) -> dict[str, str]:
     """The benchmark CT, and the model imported as one package per fold choice, with ONNX exports."""
     write(make_case(np.random.default_rng(99), CT_SHAPE, CT_SPACING)[0], CT_SPACING,
           work / "input" / "ct_0000.nii.gz")
-    folder = work / "results" / DATASET / f"{TRAINER}__{PLANS}__{CONFIGURATION}"
+    folder = model_folder(work)
     env = dict(os.environ, UNETSEG_MODELS_DIR=str(work / "models"))
     names = {"1 fold": "bench-ct-1fold", "5 folds": "bench-ct-5folds"}
     for folds, name in names.items():
@@ -126,7 +136,8 @@ def command(work: Path, contender: str, folds: str, tta: bool, model: str) -> tu
                 "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_progress_bar"]
         return argv + ([] if tta else ["--disable_tta"]), out / "ct.nii.gz"
     argv = [str(BIN / "unetseg"), "predict", "-m", model, "-i", str(work / "input" / "ct_0000.nii.gz"),
-            "-o", str(out / "ct.nii.gz"), "--device", "cpu", "--backend", contender, "--tta" if tta else "--no-tta"]
+            "-o", str(out / "ct.nii.gz"), "--device", "cpu", "--backend", contender, "--tta" if tta else "--no-tta",
+            "--precision", "fp32"]
     return argv, out / "ct.nii.gz"
 
 
@@ -226,9 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=3, help="training iterations per fold")
     args = parser.parse_args(argv)
     work = args.work.resolve()
-    if not (work / "results" / DATASET / f"{TRAINER}__{PLANS}__{CONFIGURATION}" / "fold_4" /
-            "checkpoint_final.pth").is_file():
-        make_model(work, args.iterations)
+    make_model(work, args.iterations)
     results = benchmark(work, args.reps)
     (work / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     print(table(results))
