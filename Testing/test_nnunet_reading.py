@@ -14,7 +14,8 @@ import pytest
 from nnunet_fakes import configuration, dataset_for, plans_for, same_output, snapshot, write_model, zip_folder
 
 from unetseg.models.formats import FormatError
-from unetseg.models.formats.nnunet import looks_like_nnunet, read_nnunet_model
+from unetseg.models.formats.nnunet import read_nnunet_model
+from unetseg.models.formats.nnunet_layout import looks_like_nnunet
 from unetseg.models.formats.nnunet_network import NetworkSpec
 from unetseg.models.formats.nnunet_plans import resolve_configuration
 

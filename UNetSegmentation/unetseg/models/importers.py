@@ -18,8 +18,8 @@ from pathlib import Path
 from unetseg.models.archive import is_package_zip, member_name
 from unetseg.models.catalog import Catalog
 from unetseg.models.formats.monai_convert import convert_bundle
-from unetseg.models.formats.nnunet import looks_like_nnunet
 from unetseg.models.formats.nnunet_convert import convert_nnunet
+from unetseg.models.formats.nnunet_layout import looks_like_nnunet
 from unetseg.models.manifest import MANIFEST_FILE, PackageError
 from unetseg.vocabulary import IMPORTED_VARIANT_TITLES, MONAI_VARIANT, NNUNET_VARIANT
 

@@ -49,6 +49,15 @@ from unetseg.models.formats.checkpoint import (
     tensor_dict,
     unwrap_prefixes,
 )
+from unetseg.models.formats.nnunet_layout import (
+    MODEL_FOLDER_RE,
+    choose_folds,
+    fold_key,
+    folder_roots,
+    folds_with,
+    pick_model,
+    zip_roots,
+)
 from unetseg.models.formats.nnunet_network import NetworkSpec, network_spec, same_architecture
 from unetseg.models.formats.nnunet_plans import (
     NnUNetLabels,
@@ -66,8 +75,6 @@ if TYPE_CHECKING:
 
 FORMAT_NAME = "nnunetv2"
 DEFAULT_CHECKPOINT = "checkpoint_final.pth"
-MODEL_FOLDER_RE = re.compile(r"^(?P<trainer>[^_].*?)__(?P<plans>.+?)__(?P<configuration>[^_].*)$")
-FOLD_RE = re.compile(r"^fold_(?P<fold>\d+|all)$")
 
 # Trainers of nnunetv2 2.8.1 whose build_network_architecture is nnUNetTrainer's (the plans' network). Read from the
 # package: every nnUNetTrainer subclass that does not override it.
@@ -129,85 +136,12 @@ class NnUNetModel:
 
     def build_network(self, fold: str | int | None = None) -> nn.Module:
         """The plans' network with ``fold``'s weights (default: the first fold), strictly loaded, in eval mode."""
-        key = self.folds[0] if fold is None else _fold_key(fold)
+        key = self.folds[0] if fold is None else fold_key(fold)
         if key not in self.state_dicts:
             raise FormatError(f"Fold {key} was not read (read: {', '.join(self.folds)}).")
         net = self.network.build()
         net.load_state_dict(restore_aliases(self.state_dicts[key], net.state_dict().keys()), strict=True)
         return net.eval()
-
-
-# ------------------------------------------------------------------------------------------ recognising
-
-
-def is_model_folder(path: Path) -> bool:
-    """``path`` holds ``dataset.json``, ``plans.json`` and at least one ``fold_*`` folder."""
-    return (path / "plans.json").is_file() and (path / "dataset.json").is_file() and any(
-        p.is_dir() and FOLD_RE.match(p.name) for p in path.iterdir())
-
-
-def looks_like_nnunet(path: str | os.PathLike) -> bool:
-    """Cheap check (no torch, nothing unpacked): is ``path`` an nnU-Net v2 model folder, dataset folder or zip?"""
-    p = Path(path)
-    try:
-        if p.is_dir():
-            return bool(_folder_roots(p))
-        if p.is_file() and zipfile.is_zipfile(p):
-            with zipfile.ZipFile(p) as zf:
-                return bool(_zip_roots([n.replace("\\", "/") for n in zf.namelist()]))
-    except (OSError, zipfile.BadZipFile):
-        return False
-    return False
-
-
-def _folder_roots(path: Path) -> list[Path]:
-    if is_model_folder(path):
-        return [path]
-    roots = []
-    for child in sorted(path.iterdir()):
-        if child.is_dir() and not child.is_symlink():
-            if is_model_folder(child):
-                roots.append(child)
-            elif child.name.startswith("Dataset"):
-                roots.extend(c for c in sorted(child.iterdir()) if c.is_dir() and is_model_folder(c))
-    return roots
-
-
-def _zip_roots(names: list[str]) -> list[str]:
-    """Folder prefixes (``''`` or ending in ``/``) in a zip that look like model folders (at most 3 levels deep)."""
-    files = {n for n in names if not n.endswith("/")}
-    prefixes = set()
-    for n in files:
-        parts = PurePosixPath(n).parts
-        if parts[-1] == "plans.json" and len(parts) <= 4:
-            prefix = "/".join(parts[:-1]) + "/" if len(parts) > 1 else ""
-            if prefix + "dataset.json" in files and any(
-                    n2.startswith(prefix) and FOLD_RE.match(PurePosixPath(n2[len(prefix):]).parts[0])
-                    for n2 in files if len(PurePosixPath(n2[len(prefix):]).parts) > 1):
-                prefixes.add(prefix)
-    return sorted(prefixes)
-
-
-def _pick(candidates: list[str], configuration: str | None, where: str) -> str:
-    """The model folder (by folder name) that ``configuration`` selects among ``candidates``."""
-    def name_of(c):
-        return PurePosixPath(c.rstrip("/")).name if c.rstrip("/") else ""
-
-    if not candidates:
-        raise FormatError(f"{where} is not an nnU-Net v2 model: no folder with dataset.json, plans.json and fold_* "
-                          "folders was found (expected <trainer>__<plans>__<configuration>/, or the Dataset folder "
-                          "above it, or a zip of either).")
-    if configuration is not None:
-        chosen = [c for c in candidates if name_of(c) == configuration
-                  or ((m := MODEL_FOLDER_RE.match(name_of(c))) and m["configuration"] == configuration)]
-        if len(chosen) != 1:
-            raise FormatError(f"{where}: {'no' if not chosen else 'more than one'} model folder matches "
-                              f"{configuration!r}; it has {', '.join(name_of(c) or '.' for c in candidates)}.")
-        return chosen[0]
-    if len(candidates) > 1:
-        raise FormatError(f"{where} holds several nnU-Net models ({', '.join(name_of(c) for c in candidates)}); "
-                          "choose one by its configuration (e.g. 3d_fullres) or folder name.")
-    return candidates[0]
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -221,7 +155,7 @@ def read_nnunet_model(path: str | os.PathLike, folds: list[str | int] | None = N
     if "/" in checkpoint or "\\" in checkpoint or not checkpoint.endswith(".pth") or checkpoint.startswith("."):
         raise FormatError(f"The checkpoint must be a file name like {DEFAULT_CHECKPOINT}, not {checkpoint!r}.")
     if p.is_dir():
-        root = Path(_pick([str(r) for r in _folder_roots(p)], configuration, str(p)))
+        root = Path(pick_model([str(r) for r in folder_roots(p)], configuration, str(p)))
         return _read_folder(root, folds, checkpoint, source=p, display=str(root))
     if p.is_file() and zipfile.is_zipfile(p):
         return _read_zip(p, folds, checkpoint, configuration, max_zip_bytes)
@@ -237,12 +171,12 @@ def _read_zip(p: Path, folds, checkpoint: str, configuration: str | None, max_by
         raise FormatError(f"{p} is not a readable zip file ({e}).") from e
     with zf:
         names = check_zip(zf, max_bytes, label=str(p))
-        prefix = _pick(_zip_roots(names), configuration, str(p))
+        prefix = pick_model(zip_roots(names), configuration, str(p))
         files = [n for n in names if n.startswith(prefix) and not n.endswith("/")]
-        present = _folds_with(sorted({PurePosixPath(n[len(prefix):]).parts[0] for n in files
+        present = folds_with(sorted({PurePosixPath(n[len(prefix):]).parts[0] for n in files
                                       if len(PurePosixPath(n[len(prefix):]).parts) > 1}),
                               lambda f: f"{prefix}{f}/{checkpoint}" in files)
-        chosen, warnings = _choose_folds(present, folds, checkpoint, f"{p}:{prefix or '/'}")
+        chosen, warnings = choose_folds(present, folds, checkpoint, f"{p}:{prefix or '/'}")
         wanted = [prefix + "dataset.json", prefix + "plans.json"] + [f"{prefix}fold_{f}/{checkpoint}" for f in chosen]
         with tempfile.TemporaryDirectory(prefix="unetseg-nnunet-") as tmp:
             hashes = extract_members(zf, wanted, Path(tmp), strip=prefix, max_bytes=max_bytes)
@@ -253,53 +187,6 @@ def _read_zip(p: Path, folds, checkpoint: str, configuration: str | None, max_by
     model.provenance["source_sha256"] = sha256_file(p)
     model.provenance["zip_prefix"] = prefix
     return model
-
-
-def _fold_key(f: str | int) -> str:
-    s = str(f)
-    s = s[len("fold_"):] if s.startswith("fold_") else s
-    if not (s == "all" or s.isdigit()):
-        raise FormatError(f"Folds are numbers or 'all', not {f!r}.")
-    return str(int(s)) if s.isdigit() else s
-
-
-def _fold_sort(f: str) -> tuple:
-    return (1, 0) if f == "all" else (0, int(f))
-
-
-def _folds_with(entries: list[str], has_checkpoint) -> dict[str, bool]:
-    """``{fold: has the checkpoint}`` for every ``fold_*`` entry name."""
-    out = {}
-    for e in entries:
-        m = FOLD_RE.match(e)
-        if m:
-            out[_fold_key(m["fold"])] = bool(has_checkpoint(e))
-    return dict(sorted(out.items(), key=lambda kv: _fold_sort(kv[0])))
-
-
-def _choose_folds(present: dict[str, bool], folds, checkpoint: str, where: str) -> tuple[list[str], list[str]]:
-    with_ckpt = [f for f, ok in present.items() if ok]
-    if folds is None:
-        if not with_ckpt:
-            raise FormatError(f"{where}: no fold has {checkpoint} (fold folders: "
-                              f"{', '.join('fold_' + f for f in present) or 'none'}). Pass the checkpoint file name "
-                              "if the model was saved under another one (e.g. checkpoint_best.pth).")
-        skipped = [f for f, ok in present.items() if not ok]
-        warnings = [f"fold_{f} has no {checkpoint} and is left out." for f in skipped]
-        return with_ckpt, warnings
-    chosen = []
-    for f in folds:
-        key = _fold_key(f)
-        if key not in present:
-            raise FormatError(f"{where}: fold {key} was asked for but there is no fold_{key} (folds present: "
-                              f"{', '.join(present) or 'none'}).")
-        if not present[key]:
-            raise FormatError(f"{where}: fold_{key} has no {checkpoint}.")
-        if key not in chosen:
-            chosen.append(key)
-    if not chosen:
-        raise FormatError(f"{where}: no folds were asked for.")
-    return chosen, []
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -324,9 +211,9 @@ def _read_folder(root: Path, folds, checkpoint: str, source: Path, display: str,
         hashes.setdefault(rel, sha256_file(root / rel))
     warnings: list[str] = []
     if folds is None or known_hashes is None:
-        present = _folds_with(sorted(p.name for p in root.iterdir() if p.is_dir()),
+        present = folds_with(sorted(p.name for p in root.iterdir() if p.is_dir()),
                               lambda e: (root / e / checkpoint).is_file())
-        folds, warnings = _choose_folds(present, folds, checkpoint, display)
+        folds, warnings = choose_folds(present, folds, checkpoint, display)
 
     channel_names = parse_channels(dataset_json)
     labels = parse_labels(dataset_json)
