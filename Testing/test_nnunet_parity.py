@@ -159,3 +159,11 @@ def test_a_model_regenerated_end_to_end_by_nnunet_matches(tmp_path):
             labels = segment([Image.from_sitk(sitk.ReadImage(str(image)))], package, device="cpu", tta=tta)
             dice = dice_per_label(labels.image.array, sitk.GetArrayFromImage(sitk.ReadImage(str(path))))
             assert min(dice.values()) >= MIN_DICE, (path.name, tta, dice)
+
+
+def test_what_an_imported_model_expects_is_in_the_inputs_axis_order(catalog):
+    """ct3d's coarse axis is the file's x (transpose_forward [2, 0, 1]): its window spans x at 3.6 mm."""
+    expects = catalog.get("ct3d").manifest["expects"]
+    assert expects["modality"] == "CT" and "intensity_range" not in expects
+    fov = expects["min_field_of_view_mm"]
+    assert fov[0] > fov[1] and fov[0] == pytest.approx(0.5 * 16 * 3.62, rel=0.01)

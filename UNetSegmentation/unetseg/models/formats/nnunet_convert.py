@@ -13,6 +13,7 @@ import os
 import re
 from pathlib import Path
 
+from unetseg.inference.expectations import expected_from
 from unetseg.io.terminology import default_color, default_terminology
 from unetseg.models.formats import FormatError
 from unetseg.models.formats.nnunet import NnUNetModel, read_nnunet_model
@@ -115,6 +116,16 @@ def _target_spacing_xyz(model: NnUNetModel) -> list[float] | None:
     return list(reversed(zyx))
 
 
+def _expects(model: NnUNetModel, modality_code: str) -> dict:
+    """What the model was trained on (`expectations`), with the patch put back in the input's axis order. No
+    intensity range: nnU-Net's percentiles are those of the labelled structures, not of whole images."""
+    pre = model.preprocessing
+    patch_zyx = [0, 0, 0]
+    for i, axis in enumerate(pre.transpose_forward):
+        patch_zyx[axis] = pre.patch_size[i] if len(pre.patch_size) == 3 else 0
+    return expected_from(modality_code, [], _target_spacing_xyz(model), patch_zyx if pre.spatial_dims == 3 else None)
+
+
 def nnunet_manifest(model: NnUNetModel, name: str | None = None) -> dict:
     """The package manifest of a read nnU-Net model (see the module doc)."""
     pre, labels = model.preprocessing, model.labels
@@ -143,13 +154,14 @@ def nnunet_manifest(model: NnUNetModel, name: str | None = None) -> dict:
     if isinstance(model.dataset_json.get("numTraining"), int):
         provenance["cases"] = model.dataset_json["numTraining"]
     source = Path(str(model.provenance["source"])).name
+    code = modality(model.channel_names, pre.normalization_schemes)
     return {
         "name": name or default_name(model),
         "version": _VERSION,
         "title": f"{readable(title)} (nnU-Net {model.configuration})",
         "description": f"nnU-Net v2 model {model.folder_name} of {model.dataset_name}, folds "
                        f"{', '.join(model.folds)} ({model.checkpoint}), imported from {source}.",
-        "modality": modality(model.channel_names, pre.normalization_schemes),
+        "modality": code,
         "variant": NNUNET_VARIANT,
         "spatial_dims": dims,
         "network": network,
@@ -165,4 +177,5 @@ def nnunet_manifest(model: NnUNetModel, name: str | None = None) -> dict:
         },
         "inference": inference,
         "provenance": provenance,
+        "expects": _expects(model, code),
     }
