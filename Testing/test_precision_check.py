@@ -154,3 +154,38 @@ def test_the_cli_validates_on_import_and_on_demand(tmp_path, monkeypatch, capsys
     assert out.is_file()
     assert cli.main(["predict", "-i", str(image), "-m", "imported-ct", "-o", str(out), "--precision", "int8"]) == 1
     assert "int8 is not available with torch" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_openvino_runs_the_export_without_torch_and_agrees_with_onnx_runtime(checked, tmp_path):
+    pytest.importorskip("openvino")
+    package, _ = checked
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["torch"] = sys.modules["monai"] = None  # as if not installed
+        import numpy as np
+        from unetseg import phantoms
+        from unetseg.inference.predictor import segment
+        from unetseg.models.package import load_package
+        image, _ = phantoms.ct_phantom(shape=(30, 56, 48))
+        package = load_package({str(package.path)!r})
+        onnx = segment(image, package, device="cpu", backend="onnx", precision="fp32").image.array
+        for precision in ("fp32", "bf16", "int8"):
+            lines = []
+            labels = segment(image, package, device="cpu", backend="openvino", precision=precision,
+                             progress=lambda f, s: lines.append(s)).image.array
+            same = float((labels == onnx).mean())
+            print(precision, same, [line for line in lines if line.startswith("engine:")][0])
+            assert labels.max() > 0 and same > (0.999 if precision == "fp32" else 0.9), same
+        assert sys.modules["torch"] is None
+        sys.modules["openvino"] = None  # not installed: a clear error
+        try:
+            segment(image, package, device="cpu", backend="openvino")
+        except ValueError as error:
+            print("refused:", error)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, encoding="utf-8",
+                          cwd=REPO, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "engine: openvino" in done.stdout and "precision bf16: as asked" in done.stdout
+    assert "refused: The OpenVINO backend needs OpenVINO: pip install openvino" in done.stdout

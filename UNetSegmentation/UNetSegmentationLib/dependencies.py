@@ -23,7 +23,7 @@ REQUIREMENTS_FILE = Path(__file__).resolve().parents[1] / "Resources" / "require
 TORCH_REQUIREMENT = "torch>=2.4,!=2.9.*"
 ONNX_REQUIREMENT = "onnxruntime>=1.17"
 SKIP_PACKAGES = ("torch", "SimpleITK", "requests")
-TORCH, ONNX = BACKENDS  # the predictor's backends (`unetseg predict --backend`)
+TORCH, ONNX = BACKENDS[:2]  # the predictor's backends the panel installs (`unetseg predict --backend`)
 # Packages that declare torch themselves: on Slicer < 5.12 (no skip_packages) they are installed without deps.
 _LEGACY_NO_DEPS = ("monai",)
 # Always installed without their dependencies: dynamic-network-architectures (imported nnU-Net models' networks)

@@ -103,7 +103,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-postprocess", dest="postprocess", action="store_const", const=False, default=None,
                    help="skip the model's post-processing (largest component, hole filling, islands)")
     p.add_argument("--backend", choices=BACKENDS, default="torch",
-                   help="torch (default; ONNX Runtime is used anyway when torch is not installed) or onnx")
+                   help="torch (default; ONNX Runtime is used anyway when torch is not installed), onnx (ONNX "
+                        "Runtime) or openvino (pip install openvino; CPU), the last two on the model's ONNX export")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="numeric precision of the windows (default: auto = the fastest this device computes natively "
                         "that the model is validated for; int8 needs --backend onnx)")

@@ -32,8 +32,9 @@ MODALITIES = tuple(MODALITY_TITLES)
 DEVICE_TITLES = {"auto": "Auto", "cuda": "GPU (CUDA)", "mps": "Apple GPU (MPS)", "cpu": "CPU"}
 DEVICES = tuple(DEVICE_TITLES)
 
-# Inference engines: PyTorch, or ONNX Runtime on a model's ONNX export (no PyTorch needed).
-BACKENDS = ("torch", "onnx")
+# Inference engines: PyTorch, or ONNX Runtime on a model's ONNX export (no PyTorch needed), or OpenVINO on the same
+# export (optional, CPU only; the fastest on this project's CPUs, see the README's inference speed table).
+BACKENDS = ("torch", "onnx", "openvino")
 
 # Numeric precision of the network's windows (`unetseg predict --precision`): "auto" picks the fastest one that this
 # device runs natively and the model is validated for (`unetseg.inference.precision`); int8 is ONNX Runtime's

@@ -28,6 +28,8 @@ def int8_path(package: ModelPackage) -> Path:
 
 def device_type(backend: str, device: str) -> str:
     """The device type the windows will run on: "cpu", "cuda" or "mps"."""
+    if backend == "openvino":
+        return "cpu"
     if backend == "onnx":
         import onnxruntime  # lazy: ONNX Runtime, only when the ONNX path runs
 
@@ -64,6 +66,8 @@ def with_precision(
     A lower precision that needs a file not made yet (the int8 export) is passed over by ``auto`` and refused when
     asked for by name.
     """
+    if backend == "openvino" and package.preprocessing.get("kind") is not None:
+        raise ValueError(f"Model '{package.name}' runs its tool's own pipeline: use --backend torch or onnx.")
     kind = device_type(backend, settings.device)
     records = package.inference.get("precision")
     int8_ready = package.preprocessing.get("kind") in _INT8_KINDS and int8_path(package).is_file()
@@ -82,7 +86,7 @@ def with_precision(
 
 def describe(backend: str, kind: str, choice: Choice) -> str:
     """E.g. "engine: torch 2.13.0 on cpu (AVX-512 BF16 (VNNI; /proc/cpuinfo)), precision bf16: fastest …"."""
-    name = {"torch": "torch", "onnx": "onnxruntime"}[backend]
+    name = {"torch": "torch", "onnx": "onnxruntime", "openvino": "openvino"}[backend]
     version = _version(name)
     where = f"{kind} ({cpu_features().describe()})" if kind == "cpu" else kind
     return f"engine: {name} {version} on {where}, precision {choice.precision}: {choice.reason}"

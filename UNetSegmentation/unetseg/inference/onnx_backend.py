@@ -124,8 +124,13 @@ def open_session(package: ModelPackage, device: str = "auto", precision: str = "
     if not path.is_file():
         raise ValueError(f"Model '{name}' has no ONNX export ({path}). Create it with: unetseg export-onnx {name}")
     session = _session(path, device)
-    weights = package.weights_path
-    recorded = session.get_modelmeta().custom_metadata_map.get(WEIGHTS_DIGEST_KEY)
+    check_current(package, path, session.get_modelmeta().custom_metadata_map.get(WEIGHTS_DIGEST_KEY))
+    return session
+
+
+def check_current(package: ModelPackage, path: Path, recorded: str | None) -> None:
+    """Refuse an export (at ``path``, recording the weights digest ``recorded``) that its weights have outlived."""
+    weights, name = package.weights_path, package.manifest["name"]
     if weights.is_file() and (
         weights_digest(weights) != recorded if recorded else weights.stat().st_mtime > path.stat().st_mtime
     ):
@@ -133,7 +138,6 @@ def open_session(package: ModelPackage, device: str = "auto", precision: str = "
             f"The ONNX export of model '{name}' is out of date: it is older than its weights. "
             f"Re-export it: unetseg export-onnx {name}"
         )
-    return session
 
 
 class WindowRunner:
@@ -162,13 +166,15 @@ def predict_labels(
     grid_spacing: Sequence[float],
     settings: WindowSettings,
     run: Any,
+    session: Any = None,
 ) -> np.ndarray:
-    """Labels (z, y, x) on the grid of `volume` (C, z, y, x), the network seeing it resampled to `grid`."""
+    """Labels (z, y, x) on the grid of `volume` (C, z, y, x), the network seeing it resampled to `grid`; ``session``
+    (default: ONNX Runtime's on the export) is anything with ONNX Runtime's ``run`` (OpenVINO's, `openvino_backend`)."""
     if settings.crf:
         raise ValueError(
             "The dense-CRF post-processing step needs PyTorch; use the torch backend or switch the CRF off."
         )
-    session = open_session(package, settings.device, settings.precision)
+    session = session or open_session(package, settings.device, settings.precision)
     if settings.spatial_dims == 2:  # slices become the batch: (z, C, y, x)
         x = resample_linear(volume.transpose(1, 0, 2, 3), grid[1:])
     else:

@@ -28,6 +28,7 @@ ENGINE_PRECISIONS = {
     ("torch", "mps"): (),
     ("onnx", "cpu"): ("int8",),
     ("onnx", "cuda"): (),
+    ("openvino", "cpu"): ("bf16", "int8"),
 }
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from unetseg.image import Image, LabelImage, check_finite, check_same_grid
-from unetseg.inference import monai_pipeline, nnunet_pipeline, onnx_backend
+from unetseg.inference import monai_pipeline, nnunet_pipeline, onnx_backend, openvino_backend
 from unetseg.inference.engines import with_precision
 from unetseg.inference.expectations import input_warnings
 from unetseg.inference.limits import WorkLimits, check_work
@@ -194,12 +194,16 @@ def choose_backend(backend: str, run: Progress) -> str:
     if backend == "torch" and importlib.util.find_spec("torch") is None:
         run.note("PyTorch is not installed: running the model's ONNX export with ONNX Runtime.")
         return "onnx"
+    if backend == "openvino" and importlib.util.find_spec("openvino") is None:
+        raise ValueError("The OpenVINO backend needs OpenVINO: pip install openvino (or use --backend onnx).")
     return backend
 
 
 def _backend_module(backend: str) -> Any:
     if backend == "onnx":
         return onnx_backend
+    if backend == "openvino":
+        return openvino_backend
     from unetseg.inference import torch_backend  # lazy: torch
 
     return torch_backend
