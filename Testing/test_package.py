@@ -348,3 +348,18 @@ def test_a_zip_whose_headers_disagree_with_its_data_is_a_clear_error(damage, tmp
     with pytest.raises(PackageError, match="damaged or not a readable zip"):
         load_package(damaged)
 
+
+
+def test_unchanged_weights_are_read_once_and_a_changed_file_again(tmp_path, monkeypatch):
+    from unetseg.models import weights
+
+    package = write_tiny_package(tmp_path / "m")
+    reads = []
+    real = weights._read_state_dict
+    monkeypatch.setattr(weights, "_read_state_dict", lambda path: reads.append(path) or real(path))
+    first, second = weights.load_state_dict(package), weights.load_state_dict(package)
+    assert len(reads) == 1 and first is not second and first.keys() == second.keys()
+    write_tiny_package(tmp_path / "m", seed=1)  # new weights in the same file
+    changed = weights.load_state_dict(package)
+    assert len(reads) == 2
+    assert any(not torch.equal(changed[k], first[k]) for k in first)

@@ -25,14 +25,31 @@ _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "network_weights", "model"
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
 
 
+# The last weights file read, by identity (path, modification time, size): a worker that segments case after
+# case (a cohort, the Slicer panel's child) reads its model's weights once. One entry keeps memory bounded.
+_LAST_READ: dict[tuple, dict] = {}
+
+
 def load_state_dict(pkg: ModelPackage) -> dict[str, torch.Tensor]:
-    """The package's weights as float32 CPU tensors, loaded without executing any code from the file."""
+    """The package's weights as float32 CPU tensors, loaded without executing any code from the file.
+
+    A file read before and unchanged since is not read again; the caller gets its own dict of the same tensors.
+    """
     path = pkg.weights_path
     if not path.is_file():
         raise WeightsError(
             f"Weights file {path.name} is missing from {pkg.path}. Put the weights next to "
             f"{MANIFEST_FILE}, or correct the manifest's 'weights' entry."
         )
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if key not in _LAST_READ:
+        _LAST_READ.clear()
+        _LAST_READ[key] = _read_state_dict(path)
+    return dict(_LAST_READ[key])
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     suffix = path.suffix.lower()
     state, aliases = _load_safetensors(path) if suffix == ".safetensors" else (_load_torch_state(path), {})
     state = {k: v.float() if v.dtype in _half_dtypes() else v for k, v in state.items()}
