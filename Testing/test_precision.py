@@ -123,6 +123,12 @@ def test_auto_keeps_fp32_where_the_model_failed_or_was_never_checked():
     # a GPU keeps its mixed precision for a model that was never checked (the predictor's behaviour before)
     assert choose("auto", "torch", "cuda", _cpu(ZEN2), None, cuda_bf16=False).precision == "fp16"
     assert choose("auto", "torch", "cuda", _cpu(ZEN2), None, cuda_bf16=True).precision == "bf16"
+    # fp16 not measured (a CPU without it): a GPU without bf16 keeps its fp16 autocast; a failed one is refused
+    unchecked = {"checked": {"bf16": VALIDATED["checked"]["bf16"], "fp16": {"validated": False, "not_checked": "x"}}}
+    assert choose("auto", "torch", "cuda", _cpu(ZEN2), unchecked, cuda_bf16=False).precision == "fp16"
+    both_failed = {"checked": {"bf16": {"validated": False}, "fp16": {"validated": False}}}
+    assert choose("auto", "torch", "cuda", _cpu(ZEN2), both_failed, cuda_bf16=True).precision == "fp32"
+    assert choose("auto", "torch", "cuda", _cpu(ZEN2), failed, cuda_bf16=True).precision == "fp16"  # fp16 unchecked
     # a checked model whose bf16 failed falls back to its validated fp16 on a GPU
     only_fp16 = {"checked": {"bf16": {"validated": False}, "fp16": VALIDATED["checked"]["fp16"]}}
     assert choose("auto", "torch", "cuda", _cpu(ZEN2), only_fp16, cuda_bf16=True).precision == "fp16"

@@ -89,8 +89,18 @@ def choose(
     for precision in fast:
         if validated(checked.get(precision)):
             return Choice(precision, f"fastest validated ({_agreement(checked[precision])})")
-    tried = ", ".join(f"{p} {'failed' if p in checked else 'not checked'}" for p in fast) or "none faster here"
-    return Choice(FP32, f"no faster precision validated ({tried})")
+    unchecked = [p for p in fast if _failed(checked.get(p)) is None]
+    if device_type == "cuda" and unchecked:  # not measured (e.g. fp16 on a CPU without it): CUDA's autocast as before
+        return Choice(unchecked[0], f"CUDA autocast ({unchecked[0]} was not checked for this model)")
+    tried = ", ".join(f"{p} {'failed' if _failed(checked.get(p)) else 'not checked'}" for p in fast)
+    return Choice(FP32, f"no faster precision validated ({tried or 'none faster here'})")
+
+
+def _failed(record: dict | None) -> bool | None:
+    """True for a precision measured and refused, None for one never measured."""
+    if not record or "not_checked" in record:
+        return None
+    return not record.get("validated")
 
 
 def _agreement(record: dict) -> str:

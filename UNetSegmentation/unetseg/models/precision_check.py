@@ -1,10 +1,11 @@
 """Validate a model for lower precisions: a few windows of its sample in fp32 and in bf16, fp16 and int8, the label
 agreement of each recorded in the manifest (``inference.precision``), which `precision.choose` reads for ``auto``.
 
-bf16 and fp16 run in torch (autocast; on a CPU without native support torch emulates them with the same
-rounding, only slower), int8 in ONNX Runtime on the statically quantised export that this check makes from the
-model's ONNX export, calibrated on the same windows (`int8_export`). The reference is torch in fp32 (ONNX Runtime
-in fp32 where torch is absent). `unetseg models validate-precision NAME` runs it, and so does every import.
+bf16 and fp16 run in torch (autocast; on a CPU without native bf16 torch emulates it with the same rounding, only
+slower; fp16 is checked only where this CPU has it natively, its emulation taking minutes per large window), int8
+in ONNX Runtime on the statically quantised export that this check makes from the model's ONNX export, calibrated
+on the same windows (`int8_export`). The reference is torch in fp32 (ONNX Runtime in fp32 where torch is absent).
+`unetseg models validate-precision NAME` runs it, and so does every import.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from unetseg.cpu_features import cpu_features
 from unetseg.inference.int8_export import quantize_int8
 from unetseg.inference.onnx_backend import open_session
 from unetseg.inference.precision import agreement, labels_from_logits
@@ -88,6 +90,8 @@ def _engines(package: ModelPackage, windows: np.ndarray) -> tuple[tuple[str, Log
         logits = window_logits(package, ("fp32", "bf16", "fp16"))
         reference = ("torch", logits["fp32"])
         engines.update({p: ("torch", logits[p]) for p in ("bf16", "fp16")})
+        if not cpu_features().native_fp16:  # emulated fp16 takes minutes per large window; CUDA autocasts unchecked
+            engines["fp16"] = "this CPU has no native fp16 (a GPU's autocast keeps fp16 for an unchecked model)"
     else:
         engines.update({p: "PyTorch is not installed" for p in ("bf16", "fp16")})
     engines["int8"] = _int8_engine(package, windows)
