@@ -11,6 +11,7 @@ from unetseg.models.catalog import Catalog
 from unetseg.models.importers import import_any
 from unetseg.models.package import ModelPackage
 from unetseg.models.precision_check import check_precisions
+from unetseg.vocabulary import IMPORTED_VARIANTS
 
 
 def run_list(job: Job, options: dict[str, Any]) -> None:
@@ -30,7 +31,14 @@ def run_import(job: Job, options: dict[str, Any]) -> None:
     name = import_any(options["path"], catalog, name=options["name"], folds=options["folds"],
                       checkpoint=options["checkpoint"], configuration=options["configuration"],
                       replace=options["replace"], modality=options.get("modality"))
-    _validate_imported(job, catalog.get(name))
+    package = catalog.get(name)
+    if package.variant in IMPORTED_VARIANTS:
+        # An nnU-Net or MONAI model runs as its reference tool runs it (fp32 on the CPU), so that its labels are the
+        # reference's; a faster precision is the user's explicit choice after checking it.
+        job.log(f"{name} keeps its reference tool's fp32 arithmetic on the CPU; `unetseg models validate-precision "
+                f"{name}` checks bf16/fp16/int8 on a sample and allows them where the labels hold.")
+    else:
+        _validate_imported(job, package)
     job.result(f"Imported model {name} into {catalog.user_dir / name}", name=name, output=str(catalog.user_dir / name))
 
 
