@@ -9,9 +9,10 @@ Each contender is a whole command in its own process, on a 256x256x200 CT, inter
 repetitions (contender order rotates per repetition): nnU-Net with ``-npp 1 -nps 1 -device cpu`` (1 fold and 5
 folds, with and without TTA), and ``unetseg predict --device cpu --precision fp32`` (nnU-Net's arithmetic) with
 the same folds and TTA, torch and ONNX.
-Printed per configuration: the median wall time and the peak RSS of the command's whole process tree (sampled
-every 0.1 s; nnU-Net's worker processes count), the ratio to nnU-Net, and the smallest per-label Dice between
-the contender's labels and nnU-Net's. Needs ``nnunetv2`` in this interpreter (the Makefile installs it):
+Printed per configuration: the median wall time, the peak memory of the command's whole process tree (sampled
+every 0.1 s; nnU-Net's worker processes count) as summed RSS and as summed PSS (shared library pages divided among
+the processes mapping them), the ratio to nnU-Net, and the smallest per-label Dice between the contender's labels
+and nnU-Net's. Needs ``nnunetv2`` in this interpreter (the Makefile installs it):
 
     python benchmarks/community_models.py --work /tmp/unetseg-community [--reps 3] [--iterations 3]
 """
@@ -114,22 +115,25 @@ def prepare_contenders(work: Path) -> dict[str, str]:
     """The benchmark CT, and the model imported as one package per fold choice, with ONNX exports."""
     write(make_case(np.random.default_rng(99), CT_SHAPE, CT_SPACING)[0], CT_SPACING,
           work / "input" / "ct_0000.nii.gz")
-    folder = model_folder(work)
-    env = dict(os.environ, UNETSEG_MODELS_DIR=str(work / "models"))
+    from unetseg.inference.onnx_backend import export_onnx
+    from unetseg.models.catalog import Catalog
+    from unetseg.models.importers import import_any
+
+    catalog = Catalog(bundled_dir=work / "no-bundled", user_dir=work / "models")
     names = {"1 fold": "bench-ct-1fold", "5 folds": "bench-ct-5folds"}
     for folds, name in names.items():
         if not (work / "models" / name / "model.onnx").is_file():
-            chosen = ["--folds", "0"] if folds == "1 fold" else []
-            subprocess.run([str(BIN / "unetseg"), "models", "import", str(folder), "--name", name, "--replace",
-                            *chosen], check=True, env=env)
-            subprocess.run([str(BIN / "unetseg"), "export-onnx", name], check=True, env=env,
-                           stdout=subprocess.DEVNULL)
+            # the conversion alone (the CLI's import also checks lower precisions: not what is measured here)
+            import_any(model_folder(work), catalog, name=name, folds=["0"] if folds == "1 fold" else None,
+                       replace=True)
+            export_onnx(catalog.get(name))
     return names
 
 
 def command(work: Path, contender: str, folds: str, tta: bool, model: str) -> tuple[list[str], Path]:
     """The command line of one run and where its labels land."""
     out = work / "out" / f"{contender}-{folds.replace(' ', '')}-{'tta' if tta else 'notta'}"
+    out.mkdir(parents=True, exist_ok=True)
     if contender == "nnunet":
         argv = [str(BIN / "nnUNetv2_predict"), "-i", str(work / "input"), "-o", str(out), "-d", DATASET, "-c",
                 CONFIGURATION, "-tr", TRAINER, "-p", PLANS, "-f", *(["0"] if folds == "1 fold" else "01234"),
@@ -141,8 +145,9 @@ def command(work: Path, contender: str, folds: str, tta: bool, model: str) -> tu
     return argv, out / "ct.nii.gz"
 
 
-def tree_rss(root: int) -> int:
-    """Resident bytes of a process and all its descendants (from /proc)."""
+def tree_memory(root: int) -> tuple[int, int]:
+    """Resident bytes of a process and all its descendants (from /proc): the sum of their RSS, and of their PSS
+    (shared pages, e.g. the torch libraries every worker maps, divided among the processes sharing them)."""
     parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -158,30 +163,33 @@ def tree_rss(root: int) -> int:
             if ppid in tree and pid not in tree:
                 tree.add(pid)
                 grew = True
-    total = 0
+    rss = pss = 0
     for pid in tree:
         try:
-            with open(f"/proc/{pid}/statm", encoding="utf-8") as f:
-                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, IndexError, ValueError):
+            with open(f"/proc/{pid}/smaps_rollup", encoding="utf-8") as f:
+                fields = dict(line.split(":", 1) for line in f.read().splitlines()[1:] if ":" in line)
+            rss += int(fields["Rss"].split()[0]) * 1024
+            pss += int(fields["Pss"].split()[0]) * 1024
+        except (OSError, KeyError, ValueError):
             continue
-    return total
+    return rss, pss
 
 
-def run_measured(argv: list[str], env: dict, log: Path) -> tuple[float, int]:
-    """Wall seconds and peak process-tree RSS of one command (which must succeed)."""
+def run_measured(argv: list[str], env: dict, log: Path) -> tuple[float, int, int]:
+    """Wall seconds and peak process-tree RSS and PSS of one command (which must succeed)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w", encoding="utf-8") as out:
         start = time.perf_counter()
         process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
-        peak = 0
+        peak_rss = peak_pss = 0
         while process.poll() is None:
-            peak = max(peak, tree_rss(process.pid))
+            rss, pss = tree_memory(process.pid)
+            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
             time.sleep(0.1)
         seconds = time.perf_counter() - start
     if process.returncode:
         raise RuntimeError(f"{' '.join(argv)} failed ({process.returncode}); see {log}")
-    return seconds, peak
+    return seconds, peak_rss, peak_pss
 
 
 def min_dice(a_path: Path, b_path: Path) -> float:
@@ -190,7 +198,8 @@ def min_dice(a_path: Path, b_path: Path) -> float:
     scores = []
     for value in (1, 2):
         x, y = a == value, b == value
-        scores.append(2 * float((x & y).sum()) / max(float(x.sum() + y.sum()), 1.0))
+        both = float(x.sum() + y.sum())
+        scores.append(2 * float((x & y).sum()) / both if both else 1.0)  # absent from both: they agree
     return min(scores)
 
 
@@ -204,12 +213,14 @@ def benchmark(work: Path, reps: int) -> dict:
             for contender in order:
                 argv, out = command(work, contender, folds, tta, names[folds])
                 key = f"{folds}, {'TTA' if tta else 'no TTA'}"
-                seconds, rss = run_measured(argv, env, work / "logs" / f"{contender}-{rep}-{key}.log")
-                entry = results.setdefault(key, {}).setdefault(contender, {"seconds": [], "rss": [], "out": str(out)})
+                seconds, rss, pss = run_measured(argv, env, work / "logs" / f"{contender}-{rep}-{key}.log")
+                entry = results.setdefault(key, {}).setdefault(contender, {"seconds": [], "rss": [], "pss": [],
+                                                                           "out": str(out)})
                 entry["seconds"].append(round(seconds, 1))
                 entry["rss"].append(rss)
-                print(f"[rep {rep + 1}/{reps}] {key:16s} {contender:6s} {seconds:7.1f} s  {rss / 2**30:.2f} GiB",
-                      flush=True)
+                entry["pss"].append(pss)
+                print(f"[rep {rep + 1}/{reps}] {key:16s} {contender:6s} {seconds:7.1f} s  RSS {rss / 2**30:.2f} GiB"
+                      f"  PSS {pss / 2**30:.2f} GiB", flush=True)
             for contender in ("torch", "onnx"):
                 results[key][contender]["dice"] = min_dice(Path(results[key][contender]["out"]),
                                                            Path(results[key]["nnunet"]["out"]))
@@ -219,12 +230,16 @@ def benchmark(work: Path, reps: int) -> dict:
 def table(results: dict) -> str:
     lines = ["| configuration | `nnUNetv2_predict` | `unetseg predict` (torch) | `unetseg predict --backend onnx` "
              "| Dice torch / ONNX vs nnU-Net |", "|---|---|---|---|---|"]
+
+    def memory(cell: dict) -> str:
+        return f"{max(cell['rss']) / 2**30:.2f} GiB RSS / {max(cell['pss']) / 2**30:.2f} GiB PSS"
+
     for key, row in results.items():
         base = statistics.median(row["nnunet"]["seconds"])
-        cells = [f"{base:.1f} s, {max(row['nnunet']['rss']) / 2**30:.2f} GiB"]
+        cells = [f"{base:.1f} s, {memory(row['nnunet'])}"]
         for contender in ("torch", "onnx"):
             t = statistics.median(row[contender]["seconds"])
-            cells.append(f"{t:.1f} s ({t / base:.2f}x), {max(row[contender]['rss']) / 2**30:.2f} GiB")
+            cells.append(f"{t:.1f} s ({t / base:.2f}x), {memory(row[contender])}")
         dice = f"{row['torch']['dice']:.4f} / {row['onnx']['dice']:.4f}"
         lines.append(f"| {key} | " + " | ".join(cells) + f" | {dice} |")
     return "\n".join(lines)
