@@ -156,6 +156,7 @@ def test_the_cli_validates_on_import_and_on_demand(tmp_path, monkeypatch, capsys
     assert cli.main(["predict", "-i", str(image), "-m", "imported-ct", "-o", str(out), "--device", "cpu",
                      "--precision", "bf16"]) == 0  # fmt: skip
     assert out.is_file()
+    assert "engine: torch" in capsys.readouterr().err  # text mode logs the engine line too
     assert cli.main(["predict", "-i", str(image), "-m", "imported-ct", "-o", str(out), "--precision", "int8"]) == 1
     assert "int8 is not available with torch" in capsys.readouterr().err
 

@@ -17,6 +17,7 @@ from unetseg.inference.windows import WindowSettings
 from unetseg.models.package import ModelPackage
 
 INT8_SUFFIX = ".int8.onnx"
+ENGINE_PREFIX = "engine: "  # the progress stage naming the engine and precision that run
 # The package kinds whose ONNX path takes the int8 export (imported models run their own pipelines in fp32 there).
 _INT8_KINDS = (None,)
 
@@ -89,7 +90,7 @@ def describe(backend: str, kind: str, choice: Choice) -> str:
     name = {"torch": "torch", "onnx": "onnxruntime", "openvino": "openvino"}[backend]
     version = _version(name)
     where = f"{kind} ({cpu_features().describe()})" if kind == "cpu" else kind
-    return f"engine: {name} {version} on {where}, precision {choice.precision}: {choice.reason}"
+    return f"{ENGINE_PREFIX}{name} {version} on {where}, precision {choice.precision}: {choice.reason}"
 
 
 def _version(module: str) -> str:

@@ -58,13 +58,16 @@ def run_windows(network: nn.Module, windows: torch.Tensor, device: torch.device,
 
 def window_logits(package: Any, precisions: Sequence[str]) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
     """For each precision, a function from windows ``(N, C, *patch)`` to their fp32 logits: the package's network
-    built once, on the CPU, run one window at a time (as the predictor runs them there)."""
+    built once, on the CPU, in the memory layout of the precision asked (as the predictor runs it), one window at a
+    time."""
     device = torch.device("cpu")
     network = build_model(package, device)
-    prepare_network(network, device, "bf16" if "bf16" in precisions else "fp32", int(package.spatial_dims))
+    dims = int(package.spatial_dims)
 
     def runner(precision: str) -> Callable[[np.ndarray], np.ndarray]:
         def run(windows: np.ndarray) -> np.ndarray:
+            layout = torch.channels_last_3d if channels_last(device, precision, dims + 2) else torch.contiguous_format
+            network.to(memory_format=layout)
             return np.concatenate([run_windows(network, torch.from_numpy(w[np.newaxis]), device, precision).numpy()
                                    for w in windows])  # fmt: skip
 

@@ -8,8 +8,10 @@ output file (`runner` reports it and chooses the exit code).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from unetseg.inference.engines import ENGINE_PREFIX
 from unetseg.jobs.cohort import COHORT_OPTIONS, run_cohort
 from unetseg.jobs.cohort_inputs import is_cohort
 from unetseg.jobs.predict_case import predict_to_file, work_limits
@@ -26,10 +28,21 @@ def run(job: Job, options: dict[str, Any]) -> None:
     if given:
         raise ValueError(f"{', '.join(given)} apply to a cohort only: give -i a folder of cases, a glob or a "
                          "CSV/TSV list.")  # fmt: skip
+    progress = job.emitter or engine_lines(job)
     path, messages = predict_to_file(options["input"], options["model"], options["output"], options["device"],
-                                     options["tta"], options["postprocess"], options["backend"], job.emitter,
+                                     options["tta"], options["postprocess"], options["backend"], progress,
                                      job.cancel, options.get("format"), work_limits(options),
                                      options.get("precision", "auto"))  # fmt: skip
     for message in messages:
         job.log(message)
     job.result(f"Wrote {path}", output=path, messages=messages)
+
+
+def engine_lines(job: Job) -> Callable[[float, str], None]:
+    """Text mode's progress: only the line naming the engine and precision, on stderr (JSON mode has every stage)."""
+
+    def progress(_fraction: float, stage: str) -> None:
+        if stage.startswith(ENGINE_PREFIX):
+            job.log(stage)
+
+    return progress
