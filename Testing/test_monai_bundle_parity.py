@@ -4,11 +4,12 @@ The bundle is Testing/fixtures/monai/tiny_trained_bundle (benchmarks/train_monai
 bundle's config with a 4-8-16 UNet trained on CT phantoms). The unseen image is a phantom of another size,
 spacing, organ layout and a rotated direction (so Orientation, Spacing and Invertd all act). MONAI's own run is the
 reference; `unetseg models import`, `unetseg predict` (torch), `unetseg export-onnx` and `unetseg predict --backend
-onnx` (also with torch and MONAI blocked) must give per-label Dice >= 0.99 against it.
+onnx` (also with torch and MONAI blocked) and `--backend openvino` must give per-label Dice >= 0.99 against it.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -28,6 +29,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from make_monai_bundle_fixture import reference_command, write_ct_phantom  # noqa: E402
 
 NAME = "tiny-trained-bundle"
+OPENVINO = pytest.param("openvino", marks=pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
+                                                            reason="needs openvino (a test extra)"))
 LABELS = (1, 2)
 ROTATED = (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # 90 degrees about the z axis
 
@@ -72,10 +75,10 @@ def test_the_reference_finds_both_organs(run):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["torch", "onnx"])
+@pytest.mark.parametrize("backend", ["torch", "onnx", OPENVINO])
 def test_unetseg_predict_matches_monai_bundle_run(run, backend):
     out = run["root"] / f"ours_{backend}.nii.gz"
-    if backend == "onnx":
+    if backend != "torch" and not (run["models"] / NAME / "model.onnx").is_file():
         assert cli.main(["export-onnx", NAME]) == EXIT_OK
     args = ["predict", "-i", str(run["image"]), "-m", NAME, "-o", str(out), "--device", "cpu", "--backend", backend]
     assert cli.main(args) == EXIT_OK

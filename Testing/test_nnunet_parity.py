@@ -28,6 +28,9 @@ from unetseg.inference.predictor import segment
 from unetseg.models.catalog import Catalog
 from unetseg.models.importers import import_any
 
+OPENVINO = pytest.param("openvino", marks=pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
+                                                            reason="needs openvino (a test extra)"))
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "nnunet"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text(encoding="utf-8"))
 # model key -> what is imported (a trained-model folder, or the zip nnU-Net exported)
@@ -90,7 +93,7 @@ def test_the_imported_models_are_packages_that_say_what_they_are(catalog):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["torch", "onnx"])
+@pytest.mark.parametrize("backend", ["torch", "onnx", OPENVINO])
 @pytest.mark.parametrize("tta", [True, False], ids=["tta", "notta"])
 @pytest.mark.parametrize("key", list(SOURCES))
 def test_labels_match_nnunetv2_predict(catalog, key, tta, backend):

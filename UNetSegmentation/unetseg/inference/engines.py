@@ -67,8 +67,6 @@ def with_precision(
     A lower precision that needs a file not made yet (the int8 export) is passed over by ``auto`` and refused when
     asked for by name.
     """
-    if backend == "openvino" and package.preprocessing.get("kind") is not None:
-        raise ValueError(f"Model '{package.name}' runs its tool's own pipeline: use --backend torch or onnx.")
     kind = device_type(backend, settings.device)
     records = package.inference.get("precision")
     int8_ready = package.preprocessing.get("kind") in _INT8_KINDS and int8_path(package).is_file()

@@ -22,7 +22,7 @@ from unetseg.image import Image
 from unetseg.inference import monai_geometry as geometry
 from unetseg.inference import monai_intensity as intensity
 from unetseg.inference.limits import WorkLimits, check_work
-from unetseg.inference.monai_windows import onnx_scores, window_plan
+from unetseg.inference.monai_windows import export_scores, window_plan
 from unetseg.inference.postprocessing import keep_largest_component
 from unetseg.inference.windows import WindowSettings
 
@@ -138,8 +138,8 @@ def predict_labels(
     for step in pipeline["preprocessing"]:
         volume, affine = _preprocess(volume, affine, step, records, pipeline["inferer"], settings, limits)
     run.report(0.05, "preprocessed")
-    if backend == "onnx":
-        scores = onnx_scores(package, volume, pipeline["inferer"], settings, run)
+    if backend in ("onnx", "openvino"):
+        scores = export_scores(backend, package, volume, pipeline["inferer"], settings, run)
     else:
         from unetseg.inference.monai_torch import torch_scores  # lazy: torch
 

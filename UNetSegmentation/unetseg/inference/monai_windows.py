@@ -3,7 +3,8 @@
 MONAI's inferers, as a bundle declares them: ``SlidingWindowInferer`` (roi, overlap, constant or Gaussian
 blending; a roi of -1 takes the whole axis), ``SliceInferer`` (a 2D network over the slices along one axis: a 3D
 window one voxel thick, squeezed before the network) and ``SimpleInferer`` (the network on the whole volume).
-`onnx_scores` runs them with the windows and weights of `unetseg.inference.windows`, which reproduce MONAI's.
+`export_scores` runs them (ONNX Runtime or OpenVINO) with the windows and weights of
+`unetseg.inference.windows`, which reproduce MONAI's.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from unetseg.inference.onnx_backend import WindowRunner, open_session
+from unetseg.inference.onnx_backend import WindowRunner
+from unetseg.inference.openvino_backend import export_session
 from unetseg.inference.windows import WindowSettings, count_windows, sliding_window
 
 
@@ -44,10 +46,11 @@ def batch_size(inferer: dict, settings: WindowSettings) -> int:
     return settings.batch_size or int(inferer.get("sw_batch_size", 1))
 
 
-def onnx_scores(package: Any, volume: np.ndarray, inferer: dict, settings: WindowSettings, run: Any) -> np.ndarray:
+def export_scores(backend: str, package: Any, volume: np.ndarray, inferer: dict, settings: WindowSettings,
+                  run: Any) -> np.ndarray:  # fmt: skip
     """The network's blended scores (K, *spatial) over a preprocessed ``volume`` (C, *spatial), with ONNX
-    Runtime on the package's export."""
-    session = open_session(package, settings.device)
+    Runtime or OpenVINO (``backend``) on the package's export."""
+    session = export_session(backend, package, settings)
     runner = WindowRunner(session, settings, run)
     roi, slice_axis = window_plan(inferer, volume.shape[1:])
 

@@ -2,6 +2,7 @@
 
 `predict_labels` prepares the inputs as ``nnUNetv2_predict`` does (`nnunet_prepare.preprocess`), runs nnU-Net's
 sliding window (`nnunet_windows`) with the package's fold ensemble on torch or its ONNX export on ONNX Runtime
+or OpenVINO
 (mirroring TTA over the checkpoint's axes when on), and exports the labels back to the input grid. Torch-free at
 import, so the ONNX path runs without PyTorch.
 """
@@ -20,6 +21,7 @@ from unetseg.inference.mirroring import CPU_COPIES, MirroredTiles
 from unetseg.inference.nnunet_prepare import NnUNetRules, export, preprocess
 from unetseg.inference.nnunet_resampling import new_shape
 from unetseg.inference.nnunet_windows import count_tiles, sliding_window
+from unetseg.inference.openvino_backend import export_session
 from unetseg.inference.windows import WindowSettings
 from unetseg.models.package import ModelPackage
 
@@ -58,14 +60,15 @@ def _check_work(inputs: list[Image], rules: NnUNetRules, settings: WindowSetting
 
 def _window_runner(backend: str, package: ModelPackage, settings: WindowSettings,
                    run: Any) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
-    """Tiles → mirror-averaged, fold-stacked logits, on ONNX Runtime or torch; and the tiles per call."""
-    if backend == "onnx":
-        session = onnx_backend.open_session(package, settings.device)
+    """Tiles → mirror-averaged, fold-stacked logits, on ONNX Runtime, OpenVINO or torch; and the tiles per call."""
+    if backend in ("onnx", "openvino"):
+        session = export_session(backend, package, settings)
 
         def forward(batch: np.ndarray) -> np.ndarray:
             return session.run([onnx_backend.OUTPUT_NAME], {onnx_backend.INPUT_NAME: batch})[0]
 
-        copies = len(settings.mirror_sets()) if "CUDAExecutionProvider" in session.get_providers() else CPU_COPIES
+        on_cuda = backend == "onnx" and "CUDAExecutionProvider" in session.get_providers()
+        copies = len(settings.mirror_sets()) if on_cuda else CPU_COPIES
         return MirroredTiles(forward, settings.mirror_sets(), copies, run), settings.batch_size or 1
     from unetseg.inference.torch_runner import window_runner  # lazy: torch
 

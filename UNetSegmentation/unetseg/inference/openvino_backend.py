@@ -27,21 +27,27 @@ _HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 
 class OpenVinoSession:
-    """ONNX Runtime's ``run(outputs, feeds)`` over an OpenVINO model compiled for one window at a time."""
+    """ONNX Runtime's ``run(outputs, feeds)`` over an OpenVINO model compiled for one window at a time (once per
+    window shape: a package's windows have one shape, an imported bundle's slice inferer another)."""
 
-    def __init__(self, path: Path, window: Sequence[int], precision: str) -> None:
+    def __init__(self, path: Path, precision: str) -> None:
         import openvino  # lazy: OpenVINO, only when this backend runs
 
-        core = openvino.Core()
-        model = core.read_model(str(path))
-        self.recorded = _recorded_digest(model)
-        model.reshape([1, *window])
-        options = {"INFERENCE_PRECISION_HINT": _HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
-        self.compiled = core.compile_model(model, "CPU", options)
+        self.core = openvino.Core()
+        self.model = self.core.read_model(str(path))
+        self.recorded = _recorded_digest(self.model)
+        self.options = {"INFERENCE_PRECISION_HINT": _HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
+        self.compiled: dict[tuple[int, ...], Any] = {}
 
     def run(self, _outputs: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         windows = feeds[INPUT_NAME]
-        return [np.concatenate([self.compiled([w[np.newaxis]])[0] for w in windows])]
+        return [np.concatenate([self._compiled(w.shape)([w[np.newaxis]])[0] for w in windows])]
+
+    def _compiled(self, window: tuple[int, ...]) -> Any:
+        if window not in self.compiled:
+            self.model.reshape([1, *window])
+            self.compiled[window] = self.core.compile_model(self.model, "CPU", self.options)
+        return self.compiled[window]
 
 
 def _recorded_digest(model: Any) -> str | None:
@@ -57,10 +63,16 @@ def open_session(package: ModelPackage, settings: WindowSettings) -> OpenVinoSes
     if not path.is_file():
         name = package.name
         raise ValueError(f"Model '{name}' has no ONNX export ({path}). Create it with: unetseg export-onnx {name}")
-    channels = int(package.network_config["in_channels"])
-    session = OpenVinoSession(path, (channels, *settings.roi_size), settings.precision)
+    session = OpenVinoSession(path, settings.precision)
     check_current(package, path, session.recorded)
     return session
+
+
+def export_session(backend: str, package: ModelPackage, settings: WindowSettings) -> Any:
+    """A session on the package's ONNX export with ``run(outputs, feeds)``: ONNX Runtime's or OpenVINO's."""
+    if backend == "openvino":
+        return open_session(package, settings)
+    return onnx_backend.open_session(package, settings.device)
 
 
 def predict_labels(
