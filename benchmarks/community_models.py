@@ -8,13 +8,13 @@ imported twice into a private model folder, with fold 0 only and with all five f
 Each contender is a whole command in its own process, on a 256x256x200 CT, interleaved over ``--reps``
 repetitions (contender order rotates per repetition): nnU-Net with ``-npp 1 -nps 1 -device cpu`` (1 fold and 5
 folds, with and without TTA), and ``unetseg predict --device cpu --precision fp32`` (nnU-Net's arithmetic) with
-the same folds and TTA, torch and ONNX.
+the same folds and TTA, torch, ONNX Runtime and OpenVINO (the last two torch-free, on the same ONNX export).
 Printed per configuration: the median wall time, the peak memory of the command's whole process tree (sampled
 every 0.1 s; nnU-Net's worker processes count) as summed RSS and as summed PSS (shared library pages divided among
 the processes mapping them), the ratio to nnU-Net, and the smallest per-label Dice between the contender's labels
 and nnU-Net's. Needs ``nnunetv2`` in this interpreter (the Makefile installs it):
 
-    python benchmarks/community_models.py --work /tmp/unetseg-community [--reps 3] [--iterations 3]
+    python benchmarks/community_models.py --work /tmp/unetseg-community [--reps 3] [--heavy-reps 1] [--iterations 3]
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ TRAINER, PLANS, CONFIGURATION = "nnUNetTrainer", "nnUNetPlans", "3d_fullres"
 LABELS = {"background": 0, "organ": 1, "bone": 2}
 TRAIN_SPACING, TRAIN_SHAPE = (1.6, 1.6, 2.0), (80, 128, 128)  # x, y, z mm; z, y, x voxels
 CT_SPACING, CT_SHAPE = (0.8, 0.8, 0.8), (200, 256, 256)  # the benchmark CT: 256x256x200
-CONTENDERS = ("nnunet", "torch", "onnx")
+CONTENDERS = ("nnunet", "torch", "onnx", "openvino")
+OURS = CONTENDERS[1:]
+HEAVY = "5 folds, TTA"  # 40 network passes per command: ``--heavy-reps`` may run it fewer times
 CONFIGS = (("1 fold", False), ("1 fold", True), ("5 folds", False), ("5 folds", True))
 BIN = Path(sys.executable).parent
 
@@ -203,16 +205,18 @@ def min_dice(a_path: Path, b_path: Path) -> float:
     return min(scores)
 
 
-def benchmark(work: Path, reps: int) -> dict:
+def benchmark(work: Path, reps: int, heavy_reps: int) -> dict:
     names = prepare_contenders(work)
     env = dict(nnunet_env(work), UNETSEG_MODELS_DIR=str(work / "models"))
     results: dict = {}
     for rep in range(reps):
         for folds, tta in CONFIGS:
-            order = CONTENDERS[rep % 3:] + CONTENDERS[:rep % 3]  # rotate who runs first
-            for contender in order:
+            key = f"{folds}, {'TTA' if tta else 'no TTA'}"
+            if key == HEAVY and rep >= heavy_reps:
+                continue
+            turn = rep % len(CONTENDERS)
+            for contender in CONTENDERS[turn:] + CONTENDERS[:turn]:  # rotate who runs first
                 argv, out = command(work, contender, folds, tta, names[folds])
-                key = f"{folds}, {'TTA' if tta else 'no TTA'}"
                 seconds, rss, pss = run_measured(argv, env, work / "logs" / f"{contender}-{rep}-{key}.log")
                 entry = results.setdefault(key, {}).setdefault(contender, {"seconds": [], "rss": [], "pss": [],
                                                                            "out": str(out)})
@@ -221,15 +225,15 @@ def benchmark(work: Path, reps: int) -> dict:
                 entry["pss"].append(pss)
                 print(f"[rep {rep + 1}/{reps}] {key:16s} {contender:6s} {seconds:7.1f} s  RSS {rss / 2**30:.2f} GiB"
                       f"  PSS {pss / 2**30:.2f} GiB", flush=True)
-            for contender in ("torch", "onnx"):
+            for contender in OURS:
                 results[key][contender]["dice"] = min_dice(Path(results[key][contender]["out"]),
                                                            Path(results[key]["nnunet"]["out"]))
     return results
 
 
 def table(results: dict) -> str:
-    lines = ["| configuration | `nnUNetv2_predict` | `unetseg predict` (torch) | `unetseg predict --backend onnx` "
-             "| Dice torch / ONNX vs nnU-Net |", "|---|---|---|---|---|"]
+    lines = ["| configuration | `nnUNetv2_predict` | `unetseg predict` (torch) | `--backend onnx` "
+             "| `--backend openvino` | Dice torch / ONNX / OpenVINO vs nnU-Net |", "|---|---|---|---|---|---|"]
 
     def memory(cell: dict) -> str:
         return f"{max(cell['rss']) / 2**30:.2f} GiB RSS / {max(cell['pss']) / 2**30:.2f} GiB PSS"
@@ -237,11 +241,12 @@ def table(results: dict) -> str:
     for key, row in results.items():
         base = statistics.median(row["nnunet"]["seconds"])
         cells = [f"{base:.1f} s, {memory(row['nnunet'])}"]
-        for contender in ("torch", "onnx"):
+        for contender in OURS:
             t = statistics.median(row[contender]["seconds"])
             cells.append(f"{t:.1f} s ({t / base:.2f}x), {memory(row[contender])}")
-        dice = f"{row['torch']['dice']:.4f} / {row['onnx']['dice']:.4f}"
-        lines.append(f"| {key} | " + " | ".join(cells) + f" | {dice} |")
+        dice = " / ".join(f"{row[contender]['dice']:.4f}" for contender in OURS)
+        runs = len(row["nnunet"]["seconds"])
+        lines.append(f"| {key} ({runs} run{'s' if runs > 1 else ''}) | " + " | ".join(cells) + f" | {dice} |")
     return "\n".join(lines)
 
 
@@ -249,11 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/unetseg-community"))
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--heavy-reps", type=int, help=f"repetitions of '{HEAVY}' (default: --reps)")
     parser.add_argument("--iterations", type=int, default=3, help="training iterations per fold")
     args = parser.parse_args(argv)
     work = args.work.resolve()
     make_model(work, args.iterations)
-    results = benchmark(work, args.reps)
+    results = benchmark(work, args.reps, args.reps if args.heavy_reps is None else args.heavy_reps)
     (work / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     print(table(results))
     return 0
