@@ -58,6 +58,32 @@ DEFAULT_CPU_WINDOW_BATCH = {2: 4, 3: 1}
 # needs a few hundred to a few thousand; far beyond it, the input's geometry is almost certainly wrong.
 DEFAULT_MAX_WINDOWS = 20_000
 
+# Training augmentations that a plan switches on or off by name (`unetseg train --augment NAME=on|off`), with what each
+# does; their probabilities and ranges live in `unetseg.training.augment_*`. Rotation, scaling and mirroring are
+# always on (nnU-Net's; `--mirror-axes` limits the mirroring). "slab" and "thick_slices" act on 3D patches only.
+AUGMENTATION_TITLES = {
+    "intensity": "nnU-Net's intensity set (noise, blur, brightness, contrast, low resolution, gamma)",
+    "elastic": "elastic deformation (nnU-Net v2 leaves it off)",
+    "fov": "random field of view, an off-centre box of half to all of each patch axis kept and the rest zeroed",
+    "slab": "random slab, a few consecutive slices along one axis kept and the rest zeroed (3D)",
+    "thick_slices": "thick slices (1.5-5x) along one axis, resampled back to the patch grid (3D)",
+    "gamma": "a second, wider gamma (0.5-2) on top of nnU-Net's",
+    "inversion": "contrast inversion (bright becomes dark)",
+    "bias_field": "smooth multiplicative bias field on the signal",
+    "label_intensities": "each structure's voxels a random Gaussian intensity, the background kept (SynthSeg-like)",
+}
+AUGMENTATIONS = tuple(AUGMENTATION_TITLES)
+# nnU-Net v2's own augmentation (a settings object built without names gets it), and the defaults per modality: CT
+# keeps its calibrated Hounsfield contrast (no inversion, bias field or random intensities) but varies coverage and
+# slice thickness; MRI varies contrast strongly, since sequences and scanners differ far more than anatomy; X-ray
+# (2D) varies field of view, exposure curve (gamma) and the heel effect's smooth gradient (bias field).
+NNUNET_AUGMENTATIONS = ("intensity",)
+DEFAULT_AUGMENTATIONS = {
+    "CT": ("intensity", "fov", "slab", "thick_slices"),
+    "MR": ("intensity", "fov", "slab", "thick_slices", "gamma", "inversion", "bias_field", "label_intensities"),
+    "XR": ("intensity", "fov", "gamma", "bias_field"),
+}
+
 
 def check_choice(kind: str, value: str, allowed: tuple[str, ...]) -> str:
     """Return ``value`` if it is one of ``allowed``; otherwise raise a ValueError that lists the choices."""
