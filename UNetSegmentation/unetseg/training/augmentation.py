@@ -4,6 +4,8 @@ A sample is ``{"image": (C, *spatial) float tensor, "label": (1, *spatial) float
 `sampling_size(patch_size)` around the chosen centre; the spatial stage (rotation + scaling) resamples it to
 `patch_size`, so rotated corners are filled from real voxels instead of padding. Spatial transforms move image
 and label together (label with nearest-neighbour interpolation); intensity transforms touch the image only.
+Which further augmentations run is the plan's `AugmentationSettings`: acquisition (field of view, slab, thick
+slices) in `augment_acquisition`, contrast in `augment_intensity`.
 
 nnU-Net v2 (``nnUNetTrainer.get_training_transforms``) draws rotation and scaling independently with p = 0.2
 each inside one spatial transform; MONAI's `RandAffined` has a single probability, so we apply both together
@@ -18,21 +20,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from monai.transforms import (
-    CenterSpatialCropd,
-    Compose,
-    OneOf,
-    Rand2DElasticd,
-    Rand3DElasticd,
-    RandAdjustContrastd,
-    RandAffined,
-    RandFlipd,
-    RandGaussianNoised,
-    RandGaussianSmoothd,
-    RandScaleIntensityd,
-    RandScaleIntensityFixedMeand,
-    RandSimulateLowResolutiond,
+from monai.transforms import CenterSpatialCropd, Compose, OneOf, Rand2DElasticd, Rand3DElasticd, RandAffined, RandFlipd
+
+from unetseg.training.augment_acquisition import fov_transform, slab_transform, thick_slices_transform
+from unetseg.training.augment_intensity import (
+    RandLabelIntensitiesd,
+    RandSignalBiasFieldd,
+    inversion,
+    nnunet_intensity,
+    wide_gamma,
 )
+from unetseg.training.augment_settings import AugmentationSettings
 
 # A patch whose largest in-plane edge exceeds 3× its slice count is trained with in-plane ("dummy 2D")
 # rotation and scaling only, as nnU-Net does for anisotropic data.
@@ -149,43 +147,45 @@ def _elastic_transform(spatial_dims: int) -> Rand2DElasticd | Rand3DElasticd:
     return elastic
 
 
-def _intensity_transforms(spatial_dims: int, dummy_2d: bool) -> list:
-    """Noise, blur, brightness, contrast, low-resolution simulation and gamma, on the image only."""
-    sigma = (0.5, 1.0)
-    smooth_z = (0.0, 0.0) if dummy_2d else sigma
-    return [
-        RandGaussianNoised(keys="image", prob=0.1, std=0.1),
-        RandGaussianSmoothd(keys="image", prob=0.2, sigma_x=sigma, sigma_y=sigma, sigma_z=smooth_z),
-        RandScaleIntensityd(keys="image", prob=0.15, factors=0.25),
-        RandScaleIntensityFixedMeand(keys="image", prob=0.15, factors=0.25, preserve_range=True),
-        RandSimulateLowResolutiond(
-            keys="image", prob=0.25, zoom_range=(0.5, 1.0),
-            upsample_mode="trilinear" if spatial_dims == 3 else "bilinear",
-        ),
-        RandAdjustContrastd(keys="image", prob=0.1, gamma=(0.7, 1.5), invert_image=True, retain_stats=True),
-        RandAdjustContrastd(keys="image", prob=0.3, gamma=(0.7, 1.5), retain_stats=True),
-    ]
-
-
 def build_train_transforms(
     patch_size: Sequence[int],
+    settings: AugmentationSettings | None = None,
     *,
-    elastic: bool = False,
-    intensity: bool = True,
     mirror_axes: Sequence[int] | None = None,
 ) -> Compose:
-    """The training pipeline for crops of `sampling_size(patch_size)`: spatial (rotation/scaling, optional
-    elastic), intensity (image only), then mirroring along `mirror_axes` (default: every spatial axis).
+    """The training pipeline for crops of `sampling_size(patch_size)`, with the augmentations `settings` switches
+    on (default: nnU-Net v2's own), in the order a scan is made and read:
+
+    spatial (rotation/scaling, elastic) → per-label intensities (needs the label, so it precedes anything that
+    blurs it away) → bias field → nnU-Net's intensity set → thick slices → wider gamma → inversion → field of view
+    and slab (last, so what they zero stays exactly zero, like the predictor's padding) → mirroring along
+    `mirror_axes` (default: every spatial axis). Slab and thick slices need a 3D patch.
 
     Seed it per sample with ``pipeline.set_random_state(seed)`` for reproducible, order-independent patches.
     """
+    on = settings if settings is not None else AugmentationSettings()
     params = spatial_params(patch_size, mirror_axes)
-    spatial_dims = len(patch_size)
-    stages: list = [_spatial_transform(patch_size, params)]
-    if elastic:
-        stages.append(_elastic_transform(spatial_dims))
-    if intensity:
-        stages.extend(_intensity_transforms(spatial_dims, params.dummy_2d))
-    axes = range(spatial_dims) if mirror_axes is None else mirror_axes
+    patch = tuple(int(p) for p in patch_size)
+    volume = len(patch) == 3
+    stages: list = [_spatial_transform(patch, params)]
+    if "elastic" in on:
+        stages.append(_elastic_transform(len(patch)))
+    if "label_intensities" in on:
+        stages.append(RandLabelIntensitiesd(keys="image"))
+    if "bias_field" in on:
+        stages.append(RandSignalBiasFieldd(keys="image"))
+    if "intensity" in on:
+        stages.extend(nnunet_intensity(len(patch), params.dummy_2d))
+    if "thick_slices" in on and volume:
+        stages.append(thick_slices_transform(patch, params.dummy_2d))
+    if "gamma" in on:
+        stages.append(wide_gamma())
+    if "inversion" in on:
+        stages.append(inversion())
+    if "fov" in on:
+        stages.append(fov_transform(patch, params.dummy_2d))
+    if "slab" in on and volume:
+        stages.append(slab_transform(patch, params.dummy_2d))
+    axes = range(len(patch)) if mirror_axes is None else mirror_axes
     stages.extend(RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=int(a)) for a in axes)
     return Compose(stages)

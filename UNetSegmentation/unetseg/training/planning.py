@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from unetseg.training.augment_settings import AugmentationSettings
 from unetseg.training.topology import (
     FEATUREMAP_MIN_EDGE,
     Topology,
@@ -26,6 +27,7 @@ from unetseg.training.topology import (
     initial_patch_size,
     pool_and_conv_props,
 )
+from unetseg.vocabulary import MODALITIES
 
 if TYPE_CHECKING:
     from unetseg.training.fingerprint import Fingerprint
@@ -61,7 +63,8 @@ class TrainingSchedule:
 
 @dataclass(frozen=True)
 class Plan:
-    """One training configuration ("2d" or "3d_fullres"): preprocessing, network, patch, batch, schedule."""
+    """One training configuration ("2d" or "3d_fullres"): preprocessing, network, patch, batch, schedule and
+    augmentations (None: the defaults for the modality the trainer settles on, recorded in the run's plan)."""
 
     configuration: str
     spatial_dims: int
@@ -81,6 +84,7 @@ class Plan:
     gpu_memory_gb: float
     batch_dice: bool
     schedule: TrainingSchedule = field(default_factory=TrainingSchedule)
+    augmentation: AugmentationSettings | None = None
 
     @property
     def num_input_channels(self) -> int:
@@ -131,6 +135,7 @@ class Plan:
         d["labels"] = {str(k): v for k, v in self.labels.items()}
         d["network_config"] = self.network_config
         d["estimated_memory_gb"] = round(self.estimated_memory_gb, 3)
+        d["augmentation"] = self.augmentation.to_dict() if self.augmentation is not None else None
         return d
 
     @classmethod
@@ -148,6 +153,8 @@ class Plan:
         kw["channel_names"] = tuple(d["channel_names"])
         kw["labels"] = {int(k): str(v) for k, v in d["labels"].items()}
         kw["schedule"] = TrainingSchedule(**d.get("schedule", {}))
+        switches = d.get("augmentation")
+        kw["augmentation"] = AugmentationSettings.from_dict(switches) if switches is not None else None
         return cls(**kw)
 
     def summary(self) -> str:
@@ -162,6 +169,8 @@ class Plan:
             f"  kernels {[list(k) for k in self.conv_kernel_sizes]}",
             f"  normalisation [{norm}], batch dice {self.batch_dice}, "
             f"memory ≈ {self.estimated_memory_gb:.2f} of {self.gpu_memory_gb:g} GB",
+            "  augmentation: " + (self.augmentation.summary() if self.augmentation is not None
+                                  else "the defaults for the model's modality"),
         ])
 
 
@@ -274,6 +283,7 @@ def plan_configuration(
         memory_budget=budget,
         gpu_memory_gb=float(gpu_memory_gb),
         batch_dice=dims == 2,
+        augmentation=AugmentationSettings.for_modality(fp.modality) if fp.modality in MODALITIES else None,
     )
 
 

@@ -17,23 +17,24 @@ from __future__ import annotations
 import multiprocessing
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from unetseg.training.augment_settings import AugmentationSettings
 from unetseg.training.augmentation import build_train_transforms, sampling_size
 from unetseg.training.cache import PreprocessedCase
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """What a patch looks like: its size (2 or 3 axes), batch size and the foreground share."""
+    """What a patch looks like: its size (2 or 3 axes), batch size, the foreground share and its augmentations."""
 
     patch_size: tuple[int, ...]
     global_batch_size: int
     oversample_foreground: float = 0.33
-    elastic: bool = False
+    augmentation: AugmentationSettings = field(default_factory=AugmentationSettings)  # default: nnU-Net's
     mirror_axes: tuple[int, ...] | None = None  # None: every axis
     seed: int = 0
 
@@ -72,7 +73,7 @@ class PatchSampler(torch.utils.data.Dataset):
         self.cases = list(cases)
         self.config = config
         self.crop_size = sampling_size(config.patch_size, config.mirror_axes)
-        self.transforms = build_train_transforms(config.patch_size, elastic=config.elastic,
+        self.transforms = build_train_transforms(config.patch_size, config.augmentation,
                                                  mirror_axes=config.mirror_axes)
 
     def __len__(self) -> int:

@@ -29,12 +29,13 @@ from unetseg.io.terminology import default_color, default_terminology
 from unetseg.models.package import ModelPackage
 from unetseg.models.weights import fit_problems, load_state_dict
 from unetseg.networks.factory import check_patch_size, normalize_config, total_stride
+from unetseg.training.augment_settings import AugmentationSettings
 from unetseg.training.cache import PreprocessedCase, preprocess_dataset
 from unetseg.training.dataset_checks import ensure_valid
 from unetseg.training.datasets import Dataset, load_dataset
 from unetseg.training.fingerprint import compute_fingerprint
 from unetseg.training.planning import Plan, load_plan, plan_experiment
-from unetseg.vocabulary import DEVICES, MODALITIES, VARIANTS, check_choice
+from unetseg.vocabulary import AUGMENTATIONS, DEVICES, MODALITIES, VARIANTS, check_choice
 
 OPTIMIZERS = ("sgd", "adamw")
 _CLASSIC_DEFAULT_WIDTH = {"cuda": 0.5, "other": 0.25}  # 32 or 16 features at the first level
@@ -60,7 +61,7 @@ class TrainOptions:
     weight_decay: float | None = None  # None: 3e-5 (SGD) or 1e-2 (AdamW)
     deep_supervision: bool | None = None  # None: on where the variant has it (nnunet, unet)
     width: float | None = None  # feature multiplier; None: the plan's (nnunet) or 0.5 GPU / 0.25 CPU
-    elastic: bool = False
+    augment: dict[str, bool] | None = None  # switches over the plan's augmentations, by name (vocabulary)
     mirror_axes: list[int] | None = None  # None: every axis but the left-right one when labels are lateral
     seed: int = 0
     device: str = "auto"
@@ -80,6 +81,9 @@ class TrainOptions:
             check_choice("configuration", self.configuration, ("2d", "3d_fullres"))
         if self.modality is not None:
             check_choice("modality", self.modality, MODALITIES)
+        if self.augment is not None:  # a mapping, or the CLI's (name, on) pairs
+            self.augment = {check_choice("augmentation", name, AUGMENTATIONS): bool(on)
+                            for name, on in dict(self.augment).items()}
         for key in ("epochs", "iterations_per_epoch", "batch_size"):
             value = getattr(self, key)
             if value is not None and (int(value) != value or value < 1):
@@ -319,6 +323,15 @@ def mirror_axes(dataset: Dataset, plan: Plan, opts: TrainOptions, log: Callable[
     return tuple(a for a in axes if a != lateral)
 
 
+def augmentation(plan: Plan, modality: str, opts: TrainOptions, log: Callable[[str], None]) -> AugmentationSettings:
+    """The run's augmentations: the plan's (else the defaults for the model's `modality`) with the options'
+    switches applied; the run's plan records them, so a resumed or repeated run augments alike."""
+    base = plan.augmentation if plan.augmentation is not None else AugmentationSettings.for_modality(modality)
+    settings = base.switched(opts.augment or {})
+    log(f"augmentation: {settings.summary()}")
+    return settings
+
+
 def prepare(dataset: Dataset, plans: Any, opts: TrainOptions, ctx: DistContext, init: ModelPackage | None,
             cache_dir: Path, log: Callable[[str], None]) -> Setup:
     """Plan, preprocess (rank 0 first, the others then read its cache), split, and choose the network."""
@@ -332,12 +345,13 @@ def prepare(dataset: Dataset, plans: Any, opts: TrainOptions, ctx: DistContext, 
     train_cases, val_cases = split_cases(cases, opts)
     network = network_config(plan, opts, ctx.device, init)
     info = dataset_info(dataset)
+    modality = model_modality(dataset, cases, opts, log)
+    plan = dataclasses.replace(plan, augmentation=augmentation(plan, modality, opts, log))
     return Setup(
         dataset=dataset, plan=plan, patch_size=training_patch(plan, network, opts),
         batch_size=opts.batch_size or plan.batch_size, network=network, train_cases=train_cases,
         val_cases=val_cases, labels=model_labels(dataset, plan, info),
-        modality=model_modality(dataset, cases, opts, log), mirror_axes=mirror_axes(dataset, plan, opts, log),
-        dataset_info=info,
+        modality=modality, mirror_axes=mirror_axes(dataset, plan, opts, log), dataset_info=info,
     )
 
 

@@ -207,7 +207,7 @@ class Trainer:
     def run(self) -> None:
         """Train until the epochs or the time budget are used up; validate and checkpoint every epoch."""
         sampling = SamplingConfig(self.setup.patch_size, self.setup.batch_size,
-                                  self.setup.plan.schedule.oversample_foreground, self.opts.elastic,
+                                  self.setup.plan.schedule.oversample_foreground, self.setup.plan.augmentation,
                                   self.setup.mirror_axes, self.opts.seed)
         batches = patch_loader(self.setup.train_cases, sampling, self.ctx.rank, self.ctx.world_size,
                                self.state.iteration, self.opts.num_workers)
@@ -343,7 +343,7 @@ def train(
     """Train a model on a dataset (folder, list file or `Dataset`) and write its package to ``out_dir``.
 
     Further ``options`` are the fields of `TrainOptions` (val_every, val_fraction, val_cases,
-    iterations_per_epoch, batch_size, patch_size, learning_rate, width, deep_supervision, elastic, amp,
+    iterations_per_epoch, batch_size, patch_size, learning_rate, width, deep_supervision, augment, amp,
     num_workers, gpu_memory_gb, configuration, name, description, modality, half …). ``progress(fraction,
     stage, message, **numbers)`` receives epoch, iteration, losses, validation Dice and ETA (a
     `progress.ProgressEmitter` prints them as JSON lines); setting ``cancel`` stops between iterations with
