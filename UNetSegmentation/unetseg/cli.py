@@ -15,7 +15,10 @@ from unetseg import __version__
 from unetseg.jobs.runner import EXIT_OK, exit_code_table, run_job
 from unetseg.lean_imports import keep_matplotlib_out_of_monai
 from unetseg.vocabulary import (
+    AUGMENTATION_TITLES,
+    AUGMENTATIONS,
     BACKENDS,
+    DEFAULT_AUGMENTATIONS,
     DEFAULT_MAX_WINDOWS,
     DEFAULT_TRAINING_VARIANT,
     DEVICES,
@@ -133,6 +136,15 @@ def _add_export_onnx(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="catalog name, model folder or model zip")
 
 
+def augment_switch(text: str) -> tuple[str, bool]:
+    """``NAME=on`` or ``NAME=off`` (also true/false, yes/no, 1/0) as ``(name, on)``, for ``--augment``."""
+    name, _, value = text.partition("=")
+    states = {"on": True, "true": True, "yes": True, "1": True, "off": False, "false": False, "no": False, "0": False}
+    if name not in AUGMENTATIONS or value.lower() not in states:
+        raise argparse.ArgumentTypeError(f"expected NAME=on or NAME=off with NAME one of {', '.join(AUGMENTATIONS)}; "
+                                         f"got {text!r}")
+    return name, states[value.lower()]
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = _job_parser(sub, "train", "train:run",
                     "train (or fine-tune) a model on a dataset; the result is a model package")
@@ -157,9 +169,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=float, help="feature-count multiplier (default: the plan's; 0.5 GPU / 0.25 CPU "
                                                "for the other variants)")
     p.add_argument("--no-deep-supervision", dest="deep_supervision", action="store_const", const=False)
-    p.add_argument("--elastic", action="store_const", const=True, help="add elastic deformation to augmentation")
     p.add_argument("--mirror-axes", type=int, nargs="*", help="patch axes to mirror (default: all but left-right "
                                                               "when labels name a side)")
+    switches = p.add_argument_group(
+        "augmentation", "The plan records which augmentations a run uses (default: per modality, below; a plans "
+                        "file may set them); --augment switches some on or off, e.g. --augment inversion=off "
+                        "elastic=on. " + "; ".join(f"{name}: {title}" for name, title in AUGMENTATION_TITLES.items())
+                        + ". On by default: " + "; ".join(f"{modality} {', '.join(names)}"
+                                                          for modality, names in DEFAULT_AUGMENTATIONS.items()))
+    switches.add_argument("--augment", nargs="+", action="extend", type=augment_switch, metavar="NAME=on|off",
+                          help="switch augmentations on or off (repeatable)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no mixed precision on CUDA")
