@@ -33,8 +33,9 @@ DEVICE_TITLES = {"auto": "Auto", "cuda": "GPU (CUDA)", "mps": "Apple GPU (MPS)",
 DEVICES = tuple(DEVICE_TITLES)
 
 # Inference engines: PyTorch, or ONNX Runtime on a model's ONNX export (no PyTorch needed), or OpenVINO on the same
-# export (optional, CPU only; the fastest on this project's CPUs, see the README's inference speed table).
-BACKENDS = ("torch", "onnx", "openvino")
+# export (optional, CPU only; the fastest on this project's CPUs, see the README's inference speed table); "auto"
+# picks the fastest measured one that is installed and can run the model (`engines.choose_backend`).
+BACKENDS = ("torch", "onnx", "openvino", "auto")
 
 # Numeric precision of the network's windows (`unetseg predict --precision`): "auto" picks the fastest one that this
 # device runs natively and the model is validated for (`unetseg.inference.precision`); int8 is ONNX Runtime's

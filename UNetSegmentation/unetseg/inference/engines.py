@@ -7,6 +7,8 @@ Torch-free at import: the ONNX path never loads PyTorch (the device of the torch
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from unetseg.cpu_features import cpu_features
 from unetseg.inference.precision import Choice, choose
 from unetseg.inference.windows import WindowSettings
 from unetseg.models.package import ModelPackage
+from unetseg.vocabulary import BACKENDS, check_choice
 
 INT8_SUFFIX = ".int8.onnx"
 ENGINE_PREFIX = "engine: "  # the progress stage naming the engine and precision that run
@@ -25,6 +28,36 @@ _INT8_KINDS = (None,)
 def int8_path(package: ModelPackage) -> Path:
     """Where a package's statically quantised export lives: ``model.int8.onnx`` beside ``model.onnx``."""
     return package.onnx_path.with_name(package.onnx_path.stem + INT8_SUFFIX)
+
+
+def choose_backend(requested: str, device: str, package: ModelPackage, note: Callable[[str], None]) -> str:
+    """The engine to run: as asked, or for ``auto`` the fastest one measured on CPUs (README, inference speed) that is
+    installed and has the model's ONNX export (at least as new as its weights): OpenVINO, then ONNX Runtime; torch on
+    a GPU or when neither can run. "torch" asked for without torch installed runs ONNX Runtime (with a note)."""
+    check_choice("backend", requested, BACKENDS)
+    if requested == "torch" and not _installed("torch"):
+        note("PyTorch is not installed: running the model's ONNX export with ONNX Runtime.")
+        return "onnx"
+    if requested == "openvino" and not _installed("openvino"):
+        raise ValueError("The OpenVINO backend needs OpenVINO: pip install openvino (or use --backend onnx).")
+    if requested != "auto":
+        return requested
+    on_gpu = device in ("cuda", "mps")
+    if device == "auto" and _installed("torch"):
+        on_gpu = device_type("torch", device) != "cpu"
+    if on_gpu:
+        return "torch" if _installed("torch") else "onnx"
+    exported = package.onnx_path.is_file() and (
+        not package.weights_path.is_file() or package.onnx_path.stat().st_mtime >= package.weights_path.stat().st_mtime
+    )
+    for backend, module in (("openvino", "openvino"), ("onnx", "onnxruntime")):
+        if exported and _installed(module):
+            return backend
+    return "torch" if _installed("torch") else "onnx"  # the ONNX path then says how to make the export
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
 
 
 def device_type(backend: str, device: str) -> str:

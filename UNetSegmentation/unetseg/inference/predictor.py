@@ -9,7 +9,6 @@ Torch-free at import, so the ONNX path never loads PyTorch.
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -18,7 +17,7 @@ import numpy as np
 
 from unetseg.image import Image, LabelImage, check_finite, check_same_grid
 from unetseg.inference import monai_pipeline, nnunet_pipeline, onnx_backend, openvino_backend
-from unetseg.inference.engines import with_precision
+from unetseg.inference.engines import choose_backend, with_precision
 from unetseg.inference.expectations import input_warnings
 from unetseg.inference.limits import WorkLimits, check_work
 from unetseg.inference.postprocessing import postprocess as run_postprocessing
@@ -110,18 +109,20 @@ def segment(
     a constant image, a device fallback) are in ``.messages``. ``tta``/``postprocess`` of None follow the
     manifest; ``postprocess`` may also be a dict of options overriding it. ``progress(fraction, stage)`` gets
     monotone fractions ending at 1.0; setting ``cancel`` stops between window batches with
-    `SegmentationCancelled`. ``backend`` "torch" falls back to "onnx" when torch is not installed. An input
+    `SegmentationCancelled`. ``backend`` "torch" falls back to "onnx" when torch is not installed; "auto"
+    picks the fastest engine installed here (`engines.choose_backend`). An input
     whose network grid needs more windows or memory than ``limits`` (default: `WorkLimits()`, sized to this
     machine) is refused with `WorkTooLargeError` before anything is resampled. ``precision`` (fp32, bf16, fp16,
     int8) runs the windows in that precision; "auto" picks the fastest the device computes natively and the model
     is validated for (`engines.with_precision`; the progress log names the engine and precision that ran).
     """
     check_choice("device", device, DEVICES)
+    check_choice("backend", backend, BACKENDS)
     run = Progress(progress, cancel)
     run.report(0.0, "checking input")
-    backend = choose_backend(backend, run)
     inputs = as_images(images)
     package = load_model(model)
+    backend = choose_backend(backend, device, package, run.note)
     check_inputs(inputs, package)
     constant = constant_inputs(inputs, package)
     if len(constant) == len(inputs):
@@ -185,18 +186,6 @@ def _finish(run: Progress, grid: Image, labels: np.ndarray, package: ModelPackag
 
 
 # --------------------------------------------------------------------------------------------- inputs and model
-
-
-def choose_backend(backend: str, run: Progress) -> str:
-    """The backend to use: as asked, or ONNX Runtime when torch is asked for but not installed."""
-    if backend not in BACKENDS:
-        raise ValueError(f"Unknown backend {backend!r}; use one of {', '.join(BACKENDS)}.")
-    if backend == "torch" and importlib.util.find_spec("torch") is None:
-        run.note("PyTorch is not installed: running the model's ONNX export with ONNX Runtime.")
-        return "onnx"
-    if backend == "openvino" and importlib.util.find_spec("openvino") is None:
-        raise ValueError("The OpenVINO backend needs OpenVINO: pip install openvino (or use --backend onnx).")
-    return backend
 
 
 def _backend_module(backend: str) -> Any:
