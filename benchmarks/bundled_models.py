@@ -152,7 +152,7 @@ def card(trained, spec: ModelSpec, folder: Path, command: str, cpu_s: float, wal
         **manifest.get("provenance", {}),
         "training_data": doc["training_data"],
         "heldout_data": doc["heldout_data"],
-        "data_folder": f"../shared/data/{doc['source']}",
+        "data_folder": ", ".join(f"../shared/data/{s}" for s in doc["source"].split(", ")),  # one or several
         "licence": doc["licence"],
         "attribution": doc["reference"],
         "cases": doc["numTraining"],

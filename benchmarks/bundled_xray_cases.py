@@ -1,4 +1,4 @@
-"""The X-ray bundle's cases: digitally reconstructed radiographs of TotalSegmentator's example CT (xr-lungs-drr).
+"""The X-ray bundle's groups: digitally reconstructed radiographs of TotalSegmentator's example CT (xr-lungs-drr).
 
 Synthetic AP radiographs at several rotations about the body axis, labelled with the projected lung lobes; also
 the source of the bundled DRR sample (``bundled_datasets.write_samples``).
@@ -11,8 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from bundled_cases import LEFT, RIGHT, Case, LabelSpec, read_image, remap_labels, slicer_term  # a sibling script
-from bundled_ct_cases import TS
+from bundled_cases import (  # sibling scripts
+    LEFT,
+    RIGHT,
+    Case,
+    Group,
+    LabelSpec,
+    read_image,
+    remap_labels,
+    slicer_term,
+)
+from bundled_ct_cases import TS, TS_SOURCE
 
 # ----------------------------------------------------------------------------- X-ray lung fields (DRR, 2D)
 
@@ -81,10 +90,18 @@ def drr(ct: sitk.Image, lobes: sitk.Image, degrees: float) -> Case:
     return Case(f"drr_{degrees:+05.1f}deg".replace(".", "p").replace("+", "p").replace("-", "m"), image, label)
 
 
-def build_xray(data: Path, _out: Path) -> tuple[list[Case], list[Case]]:
+def xray_groups(data: Path) -> list[Group]:
     """DRRs of TotalSegmentator's example CT at several rotations; two unseen rotations held out (same CT)."""
     ct, lobes = read_image(data / TS / "example_ct.nii.gz"), lung_lobes(data)
-    return [drr(ct, lobes, a) for a in XR_TRAIN_ANGLES], [drr(ct, lobes, a) for a in XR_HELDOUT_ANGLES]
+    return [
+        Group("drr", TS_SOURCE, f"{len(XR_TRAIN_ANGLES)} digitally reconstructed radiographs of ONE CT "
+              f"(TotalSegmentator example_ct, rotations {', '.join(f'{a:g}' for a in XR_TRAIN_ANGLES)} degrees about "
+              "the body axis); labels = projected TotalSegmentator lung lobes. The CT covers only the lung bases.",
+              [drr(ct, lobes, a) for a in XR_TRAIN_ANGLES], []),
+        Group("unseen-angles", TS_SOURCE, "", [], [drr(ct, lobes, a) for a in XR_HELDOUT_ANGLES],
+              f"{len(XR_HELDOUT_ANGLES)} radiographs of the same CT at unseen rotations "
+              f"({', '.join(f'{a:g}' for a in XR_HELDOUT_ANGLES)} degrees)"),
+    ]
 
 
 def lung_lobes(data: Path) -> sitk.Image:

@@ -2,8 +2,9 @@
 
 `unetseg demo` and the Slicer self-test report the Dice on it next to the training case's, so the demo shows
 what a model trained on one subject does on another. The case is the one the model card measures
-(`bundled_ct_cases.build_ct_spleen`): TotalSegmentator's example_ct_sm with TotalSegmentator's spleen (a model
-output, not a manual label). Writes two NIfTI files into SampleData and the sample's entry in samples.json:
+(the test case of group ``ts`` in `bundled_ct_cases.ct_spleen_groups`): TotalSegmentator's example_ct_sm with
+TotalSegmentator's spleen (a model output, not a manual label). Writes two NIfTI files into SampleData and the
+sample's entry in samples.json:
 
     python benchmarks/heldout_sample.py [--shared-data ../shared/data]
 """
@@ -41,8 +42,8 @@ ENTRY = {
 def write_heldout_sample(shared: Path) -> list[Path]:
     """Write the held-out CT and its spleen label into SampleData and add (or refresh) its samples.json entry."""
     sample_dir = bundled_datasets.SAMPLE_DIR
-    _, heldout = bundled_ct_cases.build_ct_spleen(shared, sample_dir)
-    case = next(c for c in heldout if c.name == ENTRY["name"])
+    ts = next(g for g in bundled_ct_cases.ct_spleen_groups(shared) if g.key == "ts")
+    case = next(c for c in ts.test if c.name == "example_ct_sm")
     paths = [sample_dir / ENTRY["images"][0], sample_dir / ENTRY["reference"]]
     for image, path in zip((case.image, case.label), paths, strict=True):
         sitk.WriteImage(image, str(path), True)
