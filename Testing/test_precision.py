@@ -144,3 +144,14 @@ def test_an_explicit_precision_is_honoured_where_the_engine_runs_it():
         choose("bf16", "onnx", "cpu", _cpu(ZEN4), VALIDATED)
     with pytest.raises(ValueError, match="Unknown precision 'fp8'"):
         choose("fp8", "torch", "cpu", _cpu(ZEN4), VALIDATED)
+
+
+def test_openvino_follows_only_its_own_records():
+    # the torch/ONNX Runtime records say nothing of OpenVINO's kernels: never checked there, it keeps fp32
+    choice = choose("auto", "openvino", "cpu", _cpu(ZEN4), VALIDATED)
+    assert choice.precision == "fp32" and "bf16 not checked" in choice.reason
+    own = {**VALIDATED, "openvino": {"bf16": {"validated": False}, "int8": VALIDATED["checked"]["int8"]}}
+    assert choose("auto", "openvino", "cpu", _cpu(ZEN4), own).precision == "int8"  # its bf16 failed, its int8 passed
+    assert choose("auto", "torch", "cpu", _cpu(ZEN4), own).precision == "bf16"  # torch keeps its own record
+    assert "not validated" in choose("bf16", "openvino", "cpu", _cpu(ZEN4), own).reason
+    assert choose("auto", "openvino", "cpu", _cpu(ZEN2), own).precision == "fp32"  # no VNNI: int8 is not native

@@ -3,6 +3,7 @@ line in the progress log, the int8 export run without torch, the CLI and the imp
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -75,6 +76,12 @@ def test_the_record_is_in_the_manifest_and_passes_the_schema(checked):
     assert ("engine" in fp16) == cpu_features().native_fp16
     assert cpu_features().native_fp16 or ("no native fp16" in fp16["not_checked"] and not fp16["validated"])
     assert stored["checked"]["int8"]["engine"] == "onnxruntime" and int8_path(package).is_file()
+    if importlib.util.find_spec("openvino") is not None:  # OpenVINO's own records, apart from torch's and ORT's
+        own = stored["openvino"]
+        assert own["int8"]["engine"] == "openvino" and set(own["int8"]["dice"]) == {"bright", "dark"}
+        assert ("bf16" in own) == cpu_features().native_bf16
+        assert all(r["validated"] == (r["foreground_agreement"] >= 0.995 and r["min_dice"] >= 0.99)
+                   for r in own.values())  # fmt: skip
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from unetseg.cpu_features import cpu_features
-from unetseg.inference.precision import Choice, choose
+from unetseg.inference.precision import RECORD_SETS, Choice, choose
 from unetseg.inference.windows import WindowSettings
 from unetseg.models.package import ModelPackage
 from unetseg.vocabulary import BACKENDS, check_choice
@@ -104,7 +104,8 @@ def with_precision(
     records = package.inference.get("precision")
     int8_ready = package.preprocessing.get("kind") in _INT8_KINDS and int8_path(package).is_file()
     if not int8_ready and records is not None:
-        records = {**records, "checked": {k: v for k, v in records.get("checked", {}).items() if k != "int8"}}
+        records = {key: {k: v for k, v in value.items() if k != "int8"} if key in RECORD_SETS.values() else value
+                   for key, value in records.items()}  # fmt: skip
     choice = choose(requested, backend, kind, cpu_features(), records, _cuda_bf16(backend, kind))
     if choice.precision == "int8" and not int8_ready:
         raise ValueError(

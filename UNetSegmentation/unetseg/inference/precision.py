@@ -32,6 +32,16 @@ ENGINE_PRECISIONS = {
 }
 
 
+# Where the records of each engine are: OpenVINO's bf16 and int8 kernels round differently from torch's autocast and
+# ONNX Runtime's int8, so it is validated on its own ("openvino"); torch and ONNX Runtime share "checked".
+RECORD_SETS = {"torch": "checked", "onnx": "checked", "openvino": "openvino"}
+
+
+def engine_records(records: dict | None, engine: str) -> dict:
+    """The per-precision agreement records that hold for ``engine`` (empty when it was never checked)."""
+    return (records or {}).get(RECORD_SETS.get(engine, "checked"), {})
+
+
 @dataclass(frozen=True)
 class Choice:
     """The precision the windows run in, and why (for the progress log)."""
@@ -77,7 +87,7 @@ def choose(
     if requested != "auto":
         if requested != FP32 and requested not in possible:
             raise ValueError(_unsupported(requested, engine, device_type))
-        checked = (records or {}).get("checked", {})
+        checked = engine_records(records, engine)
         note = "" if requested == FP32 or validated(checked.get(requested)) else ", not validated for this model"
         return Choice(requested, f"as asked{note}")
     fast = [p for p in possible if native(p, device_type, features, cuda_bf16)]
@@ -85,7 +95,7 @@ def choose(
         if device_type == "cuda" and fast:  # CUDA's mixed precision, as before validation existed
             return Choice(fast[0], "CUDA autocast (the model has no precision validation)")
         return Choice(FP32, "the model has no precision validation (unetseg models validate-precision NAME)")
-    checked = records.get("checked", {})
+    checked = engine_records(records, engine)
     for precision in fast:
         if validated(checked.get(precision)):
             return Choice(precision, f"fastest validated ({_agreement(checked[precision])})")

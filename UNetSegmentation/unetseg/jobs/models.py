@@ -62,5 +62,6 @@ def run_validate_precision(job: Job, options: dict[str, Any]) -> None:
     package = Catalog().get(options["model"])
     record = check_precisions(package, options["windows"], report=job.log)
     allowed = [p for p, r in record["checked"].items() if r.get("validated")]
+    allowed += [f"{p} on OpenVINO" for p, r in record.get("openvino", {}).items() if r.get("validated")]
     job.result(f"Model {package.name}: validated for fp32{''.join(', ' + p for p in allowed)} "
                f"(recorded in {package.path / 'model.json'})", validated=["fp32", *allowed], record=record)

@@ -4,7 +4,8 @@ agreement of each recorded in the manifest (``inference.precision``), which `pre
 bf16 and fp16 run in torch (autocast; on a CPU without native bf16 torch emulates it with the same rounding, only
 slower; fp16 is checked only where this CPU has it natively, its emulation taking minutes per large window), int8
 in ONNX Runtime on the statically quantised export that this check makes from the model's ONNX export, calibrated
-on the same windows (`int8_export`). The reference is torch in fp32 (ONNX Runtime in fp32 where torch is absent).
+on the same windows (`int8_export`); where OpenVINO is installed, its own bf16 and int8 too, recorded apart
+(``openvino``). The reference is torch in fp32 (ONNX Runtime in fp32 where torch is absent).
 `unetseg models validate-precision NAME` runs it, and so does every import.
 """
 
@@ -18,8 +19,9 @@ from collections.abc import Callable
 import numpy as np
 
 from unetseg.cpu_features import cpu_features
+from unetseg.inference.engines import int8_path
 from unetseg.inference.int8_export import quantize_int8
-from unetseg.inference.onnx_backend import open_session
+from unetseg.inference.onnx_backend import INPUT_NAME, open_session
 from unetseg.inference.precision import agreement, labels_from_logits
 from unetseg.io.atomic import atomic_write
 from unetseg.models.manifest import MANIFEST_FILE, validate_manifest
@@ -52,6 +54,7 @@ def check_precisions(package: ModelPackage, count: int = DEFAULT_WINDOWS, write:
         checked[precision] = {"engine": name, **record}
         say(f"{precision} ({name}): foreground agreement {100 * record['foreground_agreement']:.3f} %, min Dice "
             f"{record['min_dice']:.4f} -> {'validated' if record['validated'] else 'not validated'}")  # fmt: skip
+    by_openvino = _openvino_checks(package, sample.windows, reference, sigmoid, names, say)
     result = {
         "reference": f"fp32 ({reference_engine[0]})",
         "windows": len(sample.windows),
@@ -59,6 +62,7 @@ def check_precisions(package: ModelPackage, count: int = DEFAULT_WINDOWS, write:
         "rule": f"foreground agreement >= {MIN_FOREGROUND_AGREEMENT}, Dice >= {MIN_LABEL_DICE} for every label",
         "date": datetime.date.today().isoformat(),
         "checked": checked,
+        **({"openvino": by_openvino} if by_openvino else {}),
     }
     if write:
         record_in_manifest(package, result)
@@ -112,6 +116,27 @@ def _int8_engine(package: ModelPackage, windows: np.ndarray) -> tuple[str, Logit
     quantize_int8(package, windows)
     session = open_session(package, "cpu", "int8")
     return "onnxruntime", lambda x: session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def _openvino_checks(package: ModelPackage, windows: np.ndarray, reference: np.ndarray, sigmoid: bool,
+                     names: list[str], say: Callable[[str], None]) -> dict:  # fmt: skip
+    """OpenVINO's own bf16 (and int8, on the int8 export) agreement with the fp32 reference, where OpenVINO and
+    the exports are there: its kernels round differently from torch's autocast and ONNX Runtime's int8."""
+    if importlib.util.find_spec("openvino") is None or not package.onnx_path.is_file():
+        return {}
+    from unetseg.inference.openvino_backend import OpenVinoSession  # lazy: OpenVINO
+
+    checks = {}
+    for precision, path in (("bf16", package.onnx_path), ("int8", int8_path(package))):
+        if not path.is_file() or (precision == "bf16" and not cpu_features().native_bf16):
+            continue  # no int8 export (imported models); bf16 emulated where the CPU lacks it: not measured
+        session = OpenVinoSession(path, precision)
+        logits = session.run(None, {INPUT_NAME: windows})[0]
+        record = agreement(reference, labels_from_logits(logits, sigmoid), names, sigmoid)
+        checks[precision] = {"engine": "openvino", **record}
+        say(f"{precision} (openvino): foreground agreement {100 * record['foreground_agreement']:.3f} %, min Dice "
+            f"{record['min_dice']:.4f} -> {'validated' if record['validated'] else 'not validated'}")  # fmt: skip
+    return checks
 
 
 def record_in_manifest(package: ModelPackage, result: dict) -> ModelPackage:
