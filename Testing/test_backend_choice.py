@@ -7,33 +7,21 @@ import os
 
 import numpy as np
 import pytest
-import torch
+from tiny_models import write_tiny_package
 
 from unetseg import cli, phantoms
 from unetseg.inference import engines
 from unetseg.inference.engines import choose_backend
 from unetseg.inference.predictor import segment
-from unetseg.models.package import load_package, save_package
-from unetseg.networks.factory import build_network
-
-NETWORK = {"variant": "unet", "spatial_dims": 3, "in_channels": 1, "num_classes": 2, "width": 0.125}
-MANIFEST = {
-    "name": "auto-ct", "version": "1", "modality": "CT", "variant": "unet", "spatial_dims": 3, "network": NETWORK,
-    "inputs": [{"name": "CT"}], "labels": [{"value": 1, "name": "bright"}],
-    "preprocessing": {"orientation": "RAS", "target_spacing": [2.0, 2.0, 3.5], "crop": "body",
-                      "normalization": [{"scheme": "ct", "mean": 0.0, "std": 400.0, "clip": [-1000.0, 1000.0]}]},
-    "inference": {"patch_size": [16, 32, 32]},
-}  # fmt: skip
+from unetseg.models.package import load_package
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A random-weight CT package with its ONNX export."""
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("models") / "auto-ct"
-    save_package(folder, MANIFEST, build_network(NETWORK).state_dict())
-    assert cli.main(["export-onnx", str(folder)]) == 0
-    return load_package(folder)
+    """A tiny CT package with random weights and its ONNX export."""
+    package = write_tiny_package(tmp_path_factory.mktemp("models") / "auto-ct", "auto-ct")
+    assert cli.main(["export-onnx", str(package.path)]) == 0
+    return load_package(package.path)
 
 
 def _without(monkeypatch, *modules: str) -> None:
@@ -54,7 +42,7 @@ def test_auto_takes_openvino_then_onnx_runtime_then_torch_on_the_cpu(exported, m
 
 
 def test_auto_runs_torch_without_a_current_export_or_on_a_gpu(exported, tmp_path, monkeypatch):
-    unexported = save_package(tmp_path / "plain", {**MANIFEST, "name": "plain"}, build_network(NETWORK).state_dict())
+    unexported = write_tiny_package(tmp_path / "plain", "plain")
     assert choose_backend("auto", "cpu", unexported, print) == "torch"
     weights = exported.weights_path
     later = exported.onnx_path.stat().st_mtime + 60

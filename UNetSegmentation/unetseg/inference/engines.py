@@ -47,9 +47,7 @@ def choose_backend(requested: str, device: str, package: ModelPackage, note: Cal
         on_gpu = device_type("torch", device) != "cpu"
     if on_gpu:
         return "torch" if _installed("torch") else "onnx"
-    exported = package.onnx_path.is_file() and (
-        not package.weights_path.is_file() or package.onnx_path.stat().st_mtime >= package.weights_path.stat().st_mtime
-    )
+    exported = package.onnx_path.is_file() and not package.older_than_weights(package.onnx_path)
     for backend, module in (("openvino", "openvino"), ("onnx", "onnxruntime")):
         if exported and _installed(module):
             return backend

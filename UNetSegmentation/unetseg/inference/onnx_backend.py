@@ -131,9 +131,7 @@ def open_session(package: ModelPackage, device: str = "auto", precision: str = "
 def check_current(package: ModelPackage, path: Path, recorded: str | None) -> None:
     """Refuse an export (at ``path``, recording the weights digest ``recorded``) that its weights have outlived."""
     weights, name = package.weights_path, package.manifest["name"]
-    if weights.is_file() and (
-        weights_digest(weights) != recorded if recorded else weights.stat().st_mtime > path.stat().st_mtime
-    ):
+    if weights.is_file() and (weights_digest(weights) != recorded if recorded else package.older_than_weights(path)):
         raise ValueError(
             f"The ONNX export of model '{name}' is out of date: it is older than its weights. "
             f"Re-export it: unetseg export-onnx {name}"

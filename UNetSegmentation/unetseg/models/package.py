@@ -103,6 +103,11 @@ class ModelPackage:
         """Where the ONNX export of the network is (or goes): the manifest's ``onnx`` or ``model.onnx``."""
         return self.path / self.manifest.get("onnx", DEFAULT_ONNX)
 
+    def older_than_weights(self, export: Path) -> bool:
+        """Whether the export file ``export`` is older than the weights file (the cheap test, no digest read)."""
+        weights = self.weights_path
+        return weights.is_file() and weights.stat().st_mtime > export.stat().st_mtime
+
     def summary(self) -> str:
         """One line: name, modality, variant, dimensionality and labels."""
         labels = ", ".join(label.name for label in self.labels)

@@ -50,10 +50,7 @@ def check_precisions(package: ModelPackage, count: int = DEFAULT_WINDOWS, write:
             say(f"{precision}: not checked ({engine})")
             continue
         name, run = engine
-        record = agreement(reference, labels_from_logits(run(sample.windows), sigmoid), names, sigmoid)
-        checked[precision] = {"engine": name, **record}
-        say(f"{precision} ({name}): foreground agreement {100 * record['foreground_agreement']:.3f} %, min Dice "
-            f"{record['min_dice']:.4f} -> {'validated' if record['validated'] else 'not validated'}")  # fmt: skip
+        checked[precision] = _measured(precision, name, reference, run(sample.windows), sigmoid, names, say)
     by_openvino = _openvino_checks(package, sample.windows, reference, sigmoid, names, say)
     result = {
         "reference": f"fp32 ({reference_engine[0]})",
@@ -130,13 +127,18 @@ def _openvino_checks(package: ModelPackage, windows: np.ndarray, reference: np.n
     for precision, path in (("bf16", package.onnx_path), ("int8", int8_path(package))):
         if not path.is_file() or (precision == "bf16" and not cpu_features().native_bf16):
             continue  # no int8 export (imported models); bf16 emulated where the CPU lacks it: not measured
-        session = OpenVinoSession(path, precision)
-        logits = session.run(None, {INPUT_NAME: windows})[0]
-        record = agreement(reference, labels_from_logits(logits, sigmoid), names, sigmoid)
-        checks[precision] = {"engine": "openvino", **record}
-        say(f"{precision} (openvino): foreground agreement {100 * record['foreground_agreement']:.3f} %, min Dice "
-            f"{record['min_dice']:.4f} -> {'validated' if record['validated'] else 'not validated'}")  # fmt: skip
+        logits = OpenVinoSession(path, precision).run(None, {INPUT_NAME: windows})[0]
+        checks[precision] = _measured(precision, "openvino", reference, logits, sigmoid, names, say)
     return checks
+
+
+def _measured(precision: str, engine: str, reference: np.ndarray, logits: np.ndarray, sigmoid: bool,
+              names: list[str], say: Callable[[str], None]) -> dict:  # fmt: skip
+    """The agreement record of ``logits`` (``precision`` on ``engine``) with the fp32 labels, reported in one line."""
+    record = agreement(reference, labels_from_logits(logits, sigmoid), names, sigmoid)
+    say(f"{precision} ({engine}): foreground agreement {100 * record['foreground_agreement']:.3f} %, min Dice "
+        f"{record['min_dice']:.4f} -> {'validated' if record['validated'] else 'not validated'}")  # fmt: skip
+    return {"engine": engine, **record}
 
 
 def record_in_manifest(package: ModelPackage, result: dict) -> ModelPackage:
