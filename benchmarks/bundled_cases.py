@@ -78,8 +78,11 @@ class Group:
 
 @dataclass(frozen=True)
 class Bundle:
-    """A bundled model's data: its labels, its groups of cases (built from the shared data folder) and the
-    permissive data it deliberately leaves unused, with the reason (stated in the card)."""
+    """A bundled model's data: its labels, its groups of cases (built from the shared data folder), the
+    permissive data it deliberately leaves unused, with the reason (stated in the card), and the one orientation
+    its cases are written in. The shared volumes come stored RAS, PSR or LPS; a network trained on a mix of axis
+    orders, or tested on another, sees different anatomy along each axis. The model's manifest declares the same
+    orientation, so the predictor reorients any input (a DICOM series, an axial slab of a sagittal scan) first."""
 
     name: str
     title: str
@@ -88,6 +91,7 @@ class Bundle:
     labels: tuple[LabelSpec, ...]
     groups: Callable[[Path], list[Group]] = field(repr=False)
     not_used: str = ""
+    orientation: str | None = "LPS"  # every 3D case is written in this one (None: as stored; 2D images)
 
 
 @dataclass

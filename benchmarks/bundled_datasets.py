@@ -55,19 +55,25 @@ def write_dataset(folder: Path, bundle: Bundle, split: Split) -> Path:
 
     if folder.exists():
         shutil.rmtree(folder)
+
+    def oriented(image: sitk.Image) -> sitk.Image:  # axis permutation and flips only: no interpolation
+        return image if bundle.orientation is None else sitk.DICOMOrient(image, bundle.orientation)
+
     dataset = write_nnunet_dataset(
-        folder, [([Image.from_sitk(c.image)], Image.from_sitk(c.label)) for c in split.train], [bundle.channel],
+        folder, [([Image.from_sitk(oriented(c.image))], Image.from_sitk(oriented(c.label))) for c in split.train],
+        [bundle.channel],
         {label.value: label.name for label in bundle.labels}, names=[c.name for c in split.train],
     )
     ensure_valid(dataset)
     for case in split.heldout:
         for sub, img, file in (("imagesTs", case.image, f"{case.name}_0000"), ("labelsTs", case.label, case.name)):
             (folder / sub).mkdir(exist_ok=True)
-            sitk.WriteImage(img, str(folder / sub / f"{file}.nii.gz"), True)
+            sitk.WriteImage(oriented(img), str(folder / sub / f"{file}.nii.gz"), True)
     doc = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
     doc.update(
         name=split.folder, description=bundle.title, licence=split.licence, reference=split.attribution,
         source=split.source, training_data=split.training_data, heldout_data=split.heldout_data,
+        orientation=bundle.orientation,
         label_details=[label.to_dict() for label in bundle.labels],
         **({"data_not_used": bundle.not_used} if bundle.not_used else {}),
     )
@@ -91,7 +97,7 @@ BUNDLES: dict[str, Bundle] = {
         Bundle("mr-brain-tissue-t1", "MRI brain tissue (T1): grey and white matter", "MR", "T1", BRAIN_LABELS,
                brain_groups),
         Bundle("xr-lungs-drr", "X-ray lung fields (2D), trained on synthetic radiographs", "XR", "XR", XR_LABELS,
-               xray_groups),
+               xray_groups, orientation=None),
     )
 }
 

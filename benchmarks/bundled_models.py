@@ -145,6 +145,7 @@ def card(trained, spec: ModelSpec, folder: Path, command: str, cpu_s: float, wal
                     description=f"{doc['description']}. Trained by benchmarks/bundled_models.py with `unetseg train` "
                     f"on the CPU. Data: {data}.")
     manifest["inference"]["postprocessing"] = dict(spec.postprocessing)
+    manifest["preprocessing"]["orientation"] = doc.get("orientation")  # the one its training cases were written in
     if spec.inference_patch:
         manifest["inference"]["patch_size"] = list(spec.inference_patch)
     trainer_metrics = manifest.get("provenance", {}).get("metrics")
