@@ -72,6 +72,7 @@ AUGMENTATION_TITLES = {
     "inversion": "contrast inversion (bright becomes dark)",
     "bias_field": "smooth multiplicative bias field on the signal",
     "label_intensities": "each structure's voxels a random Gaussian intensity, the background kept (SynthSeg-like)",
+    "intensity_remap": "a random intensity curve that may rise and fall, reordering tissue contrasts (sequence change)",
 }
 AUGMENTATIONS = tuple(AUGMENTATION_TITLES)
 # nnU-Net v2's own augmentation (a settings object built without names gets it), and the defaults per modality: CT
@@ -81,7 +82,8 @@ AUGMENTATIONS = tuple(AUGMENTATION_TITLES)
 NNUNET_AUGMENTATIONS = ("intensity",)
 DEFAULT_AUGMENTATIONS = {
     "CT": ("intensity", "fov", "slab", "thick_slices"),
-    "MR": ("intensity", "fov", "slab", "thick_slices", "gamma", "inversion", "bias_field", "label_intensities"),
+    "MR": ("intensity", "fov", "slab", "thick_slices", "gamma", "inversion", "bias_field", "label_intensities",
+           "intensity_remap"),
     "XR": ("intensity", "fov", "gamma", "bias_field"),
 }
 

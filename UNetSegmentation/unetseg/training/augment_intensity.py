@@ -1,10 +1,13 @@
 """Intensity augmentations, on the image only: nnU-Net's set, and stronger contrast variety for MRI (a wider gamma,
-inversion, a bias field, per-structure random intensities).
+inversion, a bias field, per-structure random intensities, a random intensity transfer function).
 
 The images are normalised (z-score, or CT's clipped z-score), so zero is the dataset's or the image's mean. MONAI
 provides gamma and, through `RandLambdad`, inversion (negation: the normalised image's order of intensities flips
 about its mean). Two are ours, each saying why: the bias field acts on the signal above the patch's minimum, and
 the per-label intensities (SynthSeg's idea; TorchIO's `RandomLabelsToImage`, which MONAI lacks) read the label.
+The random transfer function is ours too: MONAI's `RandHistogramShift` draws a monotonic curve, which keeps the
+order of tissue intensities, while sequences reorder them (CSF is darker than the cord in T1w, brighter in T2w; fat
+is bright in both), so only a curve that may fall as well as rise carries a model from one sequence to another.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ GAMMA_PROB, GAMMA_RANGE = 0.3, (0.5, 2.0)
 INVERSION_PROB = 0.15
 BIAS_PROB, BIAS_COEFFICIENTS = 0.3, (-0.1, 0.1)
 LABEL_INTENSITY_PROB, LABEL_MEANS, LABEL_SPREADS = 0.2, (-2.0, 2.0), (0.0, 0.25)
+# Transfer function: 3-7 knots evenly spread over the patch's 0.5-99.5 % intensity range, each knot a random level in
+# that range; piecewise linear between knots; the patch's mean and spread kept.
+REMAP_PROB, REMAP_KNOTS, REMAP_RANGE = 0.5, (3, 7), (0.005, 0.995)
 
 
 def nnunet_intensity(spatial_dims: int, dummy_2d: bool) -> list:
@@ -131,4 +137,34 @@ class RandLabelIntensitiesd(RandomizableTransform, MapTransform):
                     sigma = spread * self.R.uniform(*self.spreads)
                     channel[inside] = torch.from_numpy(mu + sigma * self.R.standard_normal(count)).float()
             d[key] = convert_to_dst_type(image, dst=d[key])[0]
+        return d
+
+
+class RandIntensityRemapd(RandomizableTransform, MapTransform):
+    """With probability `prob`, each channel passes through a random piecewise-linear intensity curve that may rise
+    or fall between knots (a random tissue-to-intensity table, as SynthSeg draws one per tissue, without needing the
+    tissues' labels), then gets its former mean and spread back. Labels are not changed."""
+
+    def __init__(self, keys: KeysCollection, knots: tuple[int, int] = REMAP_KNOTS, prob: float = REMAP_PROB) -> None:
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob)
+        self.knots = knots
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        for key in self.key_iterator(d):
+            image = np.asarray(torch.as_tensor(d[key], dtype=torch.float32), dtype=np.float32).copy()
+            for channel in image:
+                lo, hi = np.quantile(channel, REMAP_RANGE)
+                if hi - lo < 1e-6:
+                    continue
+                xs = np.linspace(lo, hi, self.R.randint(self.knots[0], self.knots[1] + 1))
+                ys = self.R.uniform(lo, hi, len(xs))
+                mean, spread = channel.mean(), channel.std()
+                mapped = np.interp(channel, xs, ys)
+                channel[...] = (mapped - mapped.mean()) / max(float(mapped.std()), 1e-6) * spread + mean
+            d[key] = convert_to_dst_type(torch.from_numpy(image), dst=d[key])[0]
         return d

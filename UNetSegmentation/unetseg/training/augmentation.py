@@ -24,6 +24,7 @@ from monai.transforms import CenterSpatialCropd, Compose, OneOf, Rand2DElasticd,
 
 from unetseg.training.augment_acquisition import fov_transform, slab_transform, thick_slices_transform
 from unetseg.training.augment_intensity import (
+    RandIntensityRemapd,
     RandLabelIntensitiesd,
     RandSignalBiasFieldd,
     inversion,
@@ -157,8 +158,9 @@ def build_train_transforms(
     on (default: nnU-Net v2's own), in the order a scan is made and read:
 
     spatial (rotation/scaling, elastic) → per-label intensities (needs the label, so it precedes anything that
-    blurs it away) → bias field → nnU-Net's intensity set → thick slices → wider gamma → inversion → field of view
-    and slab (last, so what they zero stays exactly zero, like the predictor's padding) → mirroring along
+    blurs it away) → random intensity curve → bias field → nnU-Net's intensity set → thick slices → wider gamma →
+    inversion → field of view and slab (last, so what they zero stays exactly zero, like the predictor's padding) →
+    mirroring along
     `mirror_axes` (default: every spatial axis). Slab and thick slices need a 3D patch.
 
     Seed it per sample with ``pipeline.set_random_state(seed)`` for reproducible, order-independent patches.
@@ -172,6 +174,8 @@ def build_train_transforms(
         stages.append(_elastic_transform(len(patch)))
     if "label_intensities" in on:
         stages.append(RandLabelIntensitiesd(keys="image"))
+    if "intensity_remap" in on:
+        stages.append(RandIntensityRemapd(keys="image"))
     if "bias_field" in on:
         stages.append(RandSignalBiasFieldd(keys="image"))
     if "intensity" in on:
