@@ -13,7 +13,7 @@ from torch_threads import one_thread  # noqa: F401  (autouse: torch on one threa
 from unetseg import cli
 from unetseg.training import augment_acquisition, augment_intensity, planning
 from unetseg.training.augment_acquisition import RandThickSlicesd, thick_slices
-from unetseg.training.augment_intensity import RandLabelIntensitiesd, RandSignalBiasFieldd
+from unetseg.training.augment_intensity import RandIntensityRemapd, RandLabelIntensitiesd, RandSignalBiasFieldd
 from unetseg.training.augment_settings import AugmentationSettings
 from unetseg.training.augmentation import build_train_transforms, sampling_size
 from unetseg.training.setup import TrainOptions, augmentation
@@ -113,6 +113,25 @@ def test_label_intensities_make_each_structure_a_random_gaussian():
     for value, drawn in means.items():
         assert np.std(drawn) > 0.5, value  # a different intensity per draw
     assert not np.allclose(means[1.0], means[2.0], atol=0.1)  # and per structure
+
+
+def test_intensity_remap_reorders_tissue_contrasts_and_keeps_mean_and_spread():
+    # Three "tissues" as three intensity levels: a sequence change may put the middle one brightest or darkest.
+    levels = torch.tensor([-1.0, 0.0, 1.0])
+    tissue = torch.arange(3 * 8 * 8 * 8).reshape(1, 24, 8, 8) % 3
+    image = levels[tissue]
+    label = (tissue == 1).float()
+    transform = RandIntensityRemapd(keys="image", prob=1.0)
+    orders = set()
+    for seed in range(20):
+        img, lab = _apply(transform, image, label, seed)
+        assert torch.equal(lab, label)
+        assert abs(float(img.mean() - image.mean())) < 1e-4 and abs(float(img.std() - image.std())) < 1e-3
+        mapped = [float(img[tissue == t].mean()) for t in range(3)]
+        assert all(torch.allclose(img[tissue == t], torch.tensor(mapped[t]), atol=1e-4) for t in range(3))
+        orders.add(tuple(np.argsort(mapped)))
+    assert (0, 2, 1) in orders or (1, 0, 2) in orders  # the middle tissue left the middle: not monotonic
+    assert (0, 1, 2) in orders  # and the original order happens too
 
 
 def test_inversion_flips_the_order_of_intensities(monkeypatch):

@@ -81,15 +81,18 @@ def test_bundled_weights_fit_the_size_limit():
 @needs_models
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path, capsys):
-    from unetseg.demo import load_samples, run_demo
+    from unetseg.demo import run_demo
+    from unetseg.models.catalog import Catalog
+    from unetseg.samples import showcase, unseen_by
 
-    case = next(s for s in load_samples() if s["modality"] == "CT")["name"]
+    sample = showcase(Catalog().names(modality="CT"), modality="CT")
+    case = sample["name"]
     assert run_demo(tmp_path / "demo-output") == 0
     out = capsys.readouterr().out
     assert (tmp_path / "demo-output" / f"{case}.seg.nrrd").stat().st_size > 0
     assert (tmp_path / "demo-output" / f"{case}.png").stat().st_size > 0
     assert "Dice" in out
-    unseen = [s["name"] for s in load_samples() if "ct-spleen" in s.get("heldout_for", [])]
+    unseen = [s["name"] for s in unseen_by(sample["model"])]
     assert unseen, "no shipped case that the demo's model never saw"
     for name in unseen:  # reported next to the training case, on a patient the model never saw
         assert (tmp_path / "demo-output" / f"{name}.seg.nrrd").stat().st_size > 0
@@ -99,11 +102,12 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
 
 @needs_models
 def test_demo_says_plainly_when_no_unseen_case_is_shipped(tmp_path, capsys, monkeypatch):
-    from unetseg import demo
+    from unetseg import demo, samples
 
-    shipped = demo.load_samples()
-    monkeypatch.setattr(demo, "load_samples", lambda modality=None: [
-        s for s in shipped if not s.get("heldout_for") and modality in (None, s["modality"])
+    shipped = samples.load_samples()
+    without_unseen = [{k: v for k, v in s.items() if k != "heldout_for"} for s in shipped]
+    monkeypatch.setattr(samples, "load_samples", lambda modality=None: [
+        s for s in without_unseen if modality in (None, s["modality"])
     ])
     segmented = []
     monkeypatch.setattr(demo, "_segment_sample", lambda model, sample, out, role: segmented.append(sample["name"]))

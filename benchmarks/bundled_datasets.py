@@ -118,6 +118,11 @@ def build(folder: str, data: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT) -> Pa
     return write_dataset(out / split.folder, bundle, split)
 
 
+def leave_out_keys_of(name: str, data: Path = DEFAULT_DATA) -> list[str]:
+    """The groups bundle `name` has leave-one-out builds for (none when fewer than two of its groups train)."""
+    return leave_out_keys(BUNDLES[name].groups(data))
+
+
 def describe(name: str, data: Path) -> str:
     """A bundle's groups (cases that train, cases that test) and its leave-one-out folder names."""
     groups = BUNDLES[name].groups(data)

@@ -68,7 +68,7 @@ MODELS = {
                   (*FAST, "--width", "0.25", "--batch-size", "8"), sample="xr_drr_lungs"),
         ModelSpec("ct-spleen", "Spleen", "abdomen", "unet", 10,
                   (*FAST, "--width", "0.125", "--patch-size", "16", "80", "80"), sample="spleen2"),
-        ModelSpec("mr-spinalcord-t2", "Spinal cord (T2)", "cervical spine", "attention_unet", 6,
+        ModelSpec("mr-spinalcord-t2", "Spinal cord (T2)", "cervical spine", "attention_unet", 8,
                   (*FAST, "--width", "0.125", "--patch-size", "48", "32", "48"), sample="spinalcord_t2"),
         # a whole-brain window shifts instance-norm statistics (Dice 0.76 vs 0.91 at 64³ on the sample)
         ModelSpec("mr-brain-tissue-t1", "Grey and white matter (T1)", "brain", "unet", 14,
@@ -78,7 +78,7 @@ MODELS = {
         # nnU-Net's 2D configuration, run slice by slice: 3D patches buy too few steps for 6 organs on a CPU
         ModelSpec("ct-abdomen-fast", "Abdominal organs, fast (3 mm)", "abdomen", "nnunet", 15,
                   (*FAST, "--configuration", "2d", "--width", "0.25", "--batch-size", "12"),
-                  sample="spleen2", sample_labels=("spleen",), heldout_labels=("spleen",), links_sample=False),
+                  sample="ts_example_ct_sm", sample_labels=("spleen",), heldout_labels=("spleen",)),
     )
 }
 TRAIN_ENV = {"OMP_NUM_THREADS": "1"}  # one thread: on a busy 2-core machine this trains faster than two
@@ -187,8 +187,35 @@ def choose_precision(trained, manifest: dict, spec: ModelSpec, folder: Path, dat
     return packages[lossless][1], lossless, state
 
 
+def leave_out_metrics(spec: ModelSpec, data_root: Path, shared: Path, minutes: float, log_dir: Path) -> dict:
+    """Train the spec's leave-one-out models (same command, one group out) and measure each on the group it never
+    saw; the card's ``leave-out-KEY`` entries. The packages stay under ``model_cards.leave_out_dir(data_root)``
+    (not shipped), where `model_cards.py` re-measures them."""
+    from unetseg.models.package import load_package
+
+    metrics = {}
+    for key in bundled_datasets.leave_out_keys_of(spec.name, shared):
+        folder = bundled_datasets.build(f"{spec.name}{bundled_datasets.LEAVE_OUT}{key}", shared, data_root)
+        out = model_cards.leave_out_dir(data_root) / folder.name
+        shutil.rmtree(out, ignore_errors=True)
+        cmd = train_command(spec, folder, out, minutes)
+        print(f"{folder.name}: {shlex.join(cmd)}")
+        run_training(cmd, log_dir / f"train-{folder.name}.log")
+        package = load_package(out)
+        doc = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
+        cases = _cases(folder, "Ts", data_root)
+        labels = list(spec.heldout_labels or [label.name for label in package.labels])
+        dice = model_cards.measure(package, {"cases": cases, "dice": dict.fromkeys(labels)}, data_root, shared)
+        entry = model_cards.metric_entry(doc["heldout_data"], dice, cases=cases)
+        metrics[f"{model_cards.LEAVE_OUT_KIND}{key}"] = {**entry, "model": folder.name,
+                                                          "command": shlex.join(cmd[cmd.index("unetseg"):])}
+        print(f"  {folder.name}: held-out Dice {entry['dice']}")
+    return metrics
+
+
 def bundle_model(spec: ModelSpec, data_root: Path, shared: Path, budget_scale: float, log_dir: Path) -> Path:
-    """Train, measure and write one bundled model; returns its package folder in the repository."""
+    """Train, measure and write one bundled model (and measure it through its leave-one-out twins); returns its
+    package folder in the repository."""
     from unetseg.models.package import load_package, save_package
 
     folder = bundled_datasets.build(spec.name, shared, data_root)
@@ -203,6 +230,7 @@ def bundle_model(spec: ModelSpec, data_root: Path, shared: Path, budget_scale: f
         trained = load_package(work / "trained")
         manifest = card(trained, spec, folder, shown, cpu_s, wall_s)
         metrics, half, state = choose_precision(trained, manifest, spec, folder, data_root, shared, work)
+        metrics.update(leave_out_metrics(spec, data_root, shared, minutes, log_dir))
         manifest["provenance"]["metrics"] = metrics
         manifest["provenance"]["weights_precision"] = "float16" if half else "float32"
         target = model_cards.MODELS_DIR / spec.name
@@ -228,9 +256,10 @@ def recard(spec: ModelSpec, data_root: Path, shared: Path) -> Path:
     half = manifest["provenance"].get("weights_precision") == "float16"
     state = load_state_dict(pkg)
     folder = bundled_datasets.build(spec.name, shared, data_root)
+    kept = {k: v for k, v in manifest["provenance"]["metrics"].items() if k.startswith(model_cards.LEAVE_OUT_KIND)}
     with tempfile.TemporaryDirectory(prefix=f"recard-{spec.name}-") as tmp:
         manifest["provenance"]["metrics"] = measure_all(save_package(Path(tmp) / spec.name, manifest, state, half),
-                                                        spec, folder, data_root, shared)
+                                                        spec, folder, data_root, shared) | kept
     save_package(target, manifest, state, half=half)
     bundled_onnx.export_bundled(target)
     means = {k: v["mean_dice"] for k, v in manifest["provenance"]["metrics"].items()}

@@ -1,10 +1,12 @@
-"""Ship a case the demo's CT model never saw: ct-spleen's held-out CT (another patient) as a bundled sample.
+"""Ship the demo's pair of CT cases: one its model trained on, one it never saw.
 
-`unetseg demo` and the Slicer self-test report the Dice on it next to the training case's, so the demo shows
-what a model trained on one subject does on another. The case is the one the model card measures
-(the test case of group ``ts`` in `bundled_ct_cases.ct_spleen_groups`): TotalSegmentator's example_ct_sm with
-TotalSegmentator's spleen (a model output, not a manual label). Writes two NIfTI files into SampleData and the
-sample's entry in samples.json:
+`unetseg demo` and the Slicer self-test segment a bundled sample with its model and then each sample marked
+``heldout_for`` that model, reporting the two Dice side by side (`unetseg.samples.showcase`). Since issue 16 the
+ct-spleen model trains on both CT patients, so the pair is ct-abdomen-fast's: TotalSegmentator's example_ct_sm
+(the patient it trains on; written here with TotalSegmentator's spleen, a model output, not a manual label) and
+MSD spleen2 (another patient, manual spleen label, never in ct-abdomen-fast's training data: its card's held-out
+case). Both references label the spleen only (``reference_labels``). Writes two NIfTI files into SampleData and
+the two samples' entries in samples.json:
 
     python benchmarks/heldout_sample.py [--shared-data ../shared/data]
 """
@@ -23,24 +25,26 @@ import bundled_ct_cases  # sibling scripts
 import bundled_datasets
 import bundled_models
 
-MODEL = "ct-spleen"
+MODEL = "ct-abdomen-fast"
+UNSEEN = "spleen2"  # the sample (MSD spleen2, in samples.json) that MODEL never saw
 ENTRY = {
     "name": "ts_example_ct_sm",
-    "title": "CT upper abdomen of another patient (TotalSegmentator example, 3 mm)",
+    "title": "CT upper abdomen (TotalSegmentator example, 3 mm)",
     "modality": "CT",
     "images": ["ts_example_ct_sm.nii.gz"],
     "reference": "ts_example_ct_sm_spleen.nii.gz",
+    "reference_labels": ["spleen"],
     "model": MODEL,
-    "heldout_for": [MODEL],
     "licence": bundled_ct_cases.TS_LICENCE,
     "attribution": "example_ct_sm.nii.gz from TotalSegmentator's test files (github.com/wasserth/TotalSegmentator, "
     "tests/reference_files, Apache-2.0); reference = TotalSegmentator's own spleen (model output, not manual). "
-    "Wasserthal J. et al., Radiology: AI 2023. Never seen by the bundled ct-spleen model.",
+    "Wasserthal J. et al., Radiology: AI 2023. A training case of the bundled CT models.",
 }
 
 
 def write_heldout_sample(shared: Path) -> list[Path]:
-    """Write the held-out CT and its spleen label into SampleData and add (or refresh) its samples.json entry."""
+    """Write the TotalSegmentator CT and its spleen label into SampleData, add (or refresh) its samples.json entry
+    and mark spleen2 as the case MODEL never saw."""
     sample_dir = bundled_datasets.SAMPLE_DIR
     ts = next(g for g in bundled_ct_cases.ct_spleen_groups(shared) if g.key == "ts")
     case = next(c for c in ts.test if c.name == "example_ct_sm")
@@ -49,6 +53,8 @@ def write_heldout_sample(shared: Path) -> list[Path]:
         sitk.WriteImage(image, str(path), True)
     doc = json.loads((sample_dir / "samples.json").read_text(encoding="utf-8"))
     doc["samples"] = [s for s in doc["samples"] if s["name"] != ENTRY["name"]] + [ENTRY]
+    unseen = next(s for s in doc["samples"] if s["name"] == UNSEEN)
+    unseen.update(reference_labels=["spleen"], heldout_for=[MODEL])
     bundled_models.write_samples_index(doc)
     return paths
 

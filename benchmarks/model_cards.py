@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from unetseg.models import card
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bundled_datasets  # a sibling script
 
@@ -28,6 +30,12 @@ TOLERANCE = 0.02
 START, END = "<!-- models:start -->", "<!-- models:end -->"
 TRAINING_ONLY = "training-set Dice only; not a measure of generalisation"
 KINDS = ("heldout", "robustness", "training", "sample")
+LEAVE_OUT_KIND = card.LEAVE_OUT_KIND  # entries "leave-out-KEY": measured by the model trained without group KEY
+
+
+def leave_out_dir(data_root: Path) -> Path:
+    """Where bundled_models.py keeps the leave-one-out models (not shipped: their figures are the card's)."""
+    return data_root / "leave-out-models"
 
 
 def sample_pairs(name: str) -> list[tuple[list[Path], Path]]:
@@ -100,16 +108,33 @@ def bundled_packages() -> list:
     return [load_package(f) for f in sorted(MODELS_DIR.iterdir()) if (f / "model.json").is_file()]
 
 
+def ordered_kinds(metrics: dict) -> list[str]:
+    """A card's metrics entries in reading order: held-out figures (own, then leave-one-out), then the rest."""
+    leave_outs = sorted(k for k in metrics if k.startswith(LEAVE_OUT_KIND))
+    return [k for k in KINDS[:1] if k in metrics] + leave_outs + [k for k in KINDS[1:] if k in metrics]
+
+
 def check(packages: list, data_root: Path, shared_data: Path) -> tuple[list[dict], list[str]]:
-    """One row per (model, metrics entry) with the card's and the recomputed mean Dice; and the mismatches."""
+    """One row per (model, metrics entry) with the card's and the recomputed mean Dice; and the mismatches.
+
+    A leave-one-out entry is re-measured with its model from `leave_out_dir`; when that model is absent the row
+    says so (``bundled_models.py NAME`` trains it) instead of a figure."""
+    from unetseg.models.package import load_package
+
     rows, problems = [], []
     for pkg in packages:
         metrics = pkg.provenance.get("metrics", {})
-        for kind in KINDS:
-            if kind not in metrics:
-                continue
+        for kind in ordered_kinds(metrics):
             entry = metrics[kind]
-            got = measure(pkg, entry, data_root, shared_data)
+            model = pkg
+            if "model" in entry:
+                folder = leave_out_dir(data_root) / entry["model"]
+                if not (folder / "model.json").is_file():
+                    rows.append({"model": pkg.name, "kind": kind, "card": entry["mean_dice"], "recomputed": None,
+                                 "missing": f"{folder} absent: `python benchmarks/bundled_models.py {pkg.name}`"})
+                    continue
+                model = load_package(folder)
+            got = measure(model, entry, data_root, shared_data)
             for name, stated in entry["dice"].items():
                 if abs(got[name] - stated) > TOLERANCE:
                     problems.append(f"{pkg.name} {kind} Dice {name}: card {stated:.3f}, recomputed {got[name]:.3f}")
@@ -137,8 +162,8 @@ def readme_table(packages: list) -> str:
     ]
     for pkg in packages:
         prov, metrics = pkg.provenance, pkg.provenance.get("metrics", {})
-        heldout = metrics.get("heldout")
-        held_text = f"{_dice_text(heldout)} — {heldout['description']}" if heldout else TRAINING_ONLY
+        held = [metrics[k] for k in ordered_kinds(metrics) if k == "heldout" or k.startswith(LEAVE_OUT_KIND)]
+        held_text = "; ".join(f"{_dice_text(e)} — {e['description']}" for e in held) or TRAINING_ONLY
         if "robustness" in metrics:
             held_text += f"; {metrics['robustness']['description']}: {_dice_text(metrics['robustness'])}"
         lines.append(
@@ -175,9 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"No bundled models in {MODELS_DIR}.")
         return 1
     rows, problems = check(packages, args.data_root, args.shared_data)
-    print(f"{'model':<22} {'metric':<9} {'card':>6} {'now':>6}")
+    print(f"{'model':<22} {'metric':<18} {'card':>6} {'now':>6}")
     for r in rows:
-        print(f"{r['model']:<22} {r['kind']:<9} {r['card']:>6.3f} {r['recomputed']:>6.3f}")
+        now = f"{r['recomputed']:>6.3f}" if r["recomputed"] is not None else f"  —    ({r['missing']})"
+        print(f"{r['model']:<22} {r['kind']:<18} {r['card']:>6.3f} {now}")
     for p in problems:
         print("MISMATCH:", p)
     if args.write_readme:

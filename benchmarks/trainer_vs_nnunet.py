@@ -20,7 +20,8 @@ iterations done, seconds per iteration, the peak memory of each command's proces
 ``--work`` (outside the repository: the BraTS sample is non-commercial); nothing is downloaded; a setting whose data
 folder is absent is skipped. Needs ``nnunetv2`` in this interpreter (the Makefile installs it):
 
-    python benchmarks/trainer_vs_nnunet.py [--minutes 15] [--threads 2] [--settings cord brats]
+    python benchmarks/trainer_vs_nnunet.py [--minutes 15] [--threads 2] [--settings cord brats] [--together]
+                                           [--no-tta] [--unetseg-args ...]
                                            [--data ../shared/data] [--work /tmp/unetseg-trainer-vs-nnunet]
 """
 
@@ -30,8 +31,10 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +79,8 @@ def train(tool: str, setting: Setting, prepared: Prepared, args: argparse.Namesp
         argv = tool_command(args.threads, "unetseg", "train", str(prepared.raw), "--out", str(out),
                             "--variant", "nnunet", "--time-budget", str(args.minutes), "--device", "cpu",
                             "--val-fraction", "0", "--iterations-per-epoch", str(args.iterations_per_epoch),
-                            "--cache-dir", str(args.work / "unetseg-cache"), "--progress", "text")
+                            "--cache-dir", str(args.work / "unetseg-cache"), "--progress", "text",
+                            *shlex.split(args.unetseg_args))
         seconds, rss, pss = run_measured(argv, env, log)
         manifest = json.loads((out / MANIFEST_FILE).read_text(encoding="utf-8"))
         prov = manifest["provenance"]
@@ -114,13 +118,13 @@ def predict(tool: str, setting: Setting, prepared: Prepared, figures: dict, args
             inputs = [a for c in range(prepared.channels)
                       for a in ("-i", str(prepared.test_images / f"{case}_{c:04d}.nii.gz"))]
             argv = tool_command(args.threads, "unetseg", "predict", "-m", figures["model"], *inputs,
-                                "-o", str(out / f"{case}.nii.gz"), "--device", "cpu", "--tta",
-                                "--precision", "fp32", "--progress", "text")
+                                "-o", str(out / f"{case}.nii.gz"), "--device", "cpu",
+                                "--tta" if args.tta else "--no-tta", "--precision", "fp32", "--progress", "text")
             s, rss, pss = run_measured(argv, env, log.with_name(f"{log.stem}-{case}.log"))
             seconds, peak_rss, peak_pss = seconds + s, max(peak_rss, rss), max(peak_pss, pss)
     else:
-        argv = tool_command(args.threads, "nnunet-predict", "--model", figures["model"],
-                            "--images", str(prepared.test_images), "--out", str(out))
+        argv = tool_command(args.threads, "nnunet-predict", "--model", figures["model"], "--images",
+                            str(prepared.test_images), "--out", str(out), *([] if args.tta else ["--no-tta"]))
         seconds, peak_rss, peak_pss = run_measured(argv, env, log)
     figures.update(predict_s=round(seconds, 1), predict_peak_rss=peak_rss, predict_peak_pss=peak_pss)
     return out
@@ -143,12 +147,18 @@ def run_setting(index: int, setting: Setting, args: argparse.Namespace, env: dic
     """Prepare, train both tools (rotating order), predict, score."""
     prepared = setting.prepare(args.data, Path(env["nnUNet_raw"]), args.work / setting.key / "heldout")
     order = TOOLS[index % 2:] + TOOLS[:index % 2]
-    results = {tool: train(tool, setting, prepared, args, env) for tool in order}
+    if args.together:  # both at once, each on its own cores: the same machine load for both
+        with ThreadPoolExecutor(len(order)) as pool:
+            futures = {tool: pool.submit(train, tool, setting, prepared, args, env) for tool in order}
+            results = {tool: future.result() for tool, future in futures.items()}
+    else:
+        results = {tool: train(tool, setting, prepared, args, env) for tool in order}
     for tool in order:
         predictions = predict(tool, setting, prepared, results[tool], args, env)
         results[tool]["dice"] = score(predictions, prepared, setting.structures)
         print(f"[{setting.key}] {tool} held-out Dice: {results[tool]['dice']}", flush=True)
     return {"title": setting.title, "order": list(order), "structures": list(setting.structures),
+            "together": args.together, "tta": args.tta, "unetseg_args": args.unetseg_args,
             "training_cases": sorted(p.name.removesuffix(".nii.gz") for p in (prepared.raw / "labelsTr").iterdir()),
             "heldout_cases": list(prepared.test_labels), "tools": results}
 
@@ -164,8 +174,14 @@ def _gib(value: int) -> str:
 def table(key: str, result: dict, minutes: float, threads: int) -> str:
     """One setting as Markdown: per tool, iterations, s/iteration, peak memory, Dice (mean, and per case)."""
     structures, cases = result["structures"], result["heldout_cases"]
-    lines = [f"**{result['title']}** ({key}; {minutes:g} min CPU budget each, {threads} thread(s); "
-             f"Dice on {', '.join(cases)})", "",
+    notes = [f"{minutes:g} min CPU budget each", f"{threads} thread(s)"]
+    if result.get("together"):
+        notes.append("both trained at the same time")
+    if not result.get("tta", True):
+        notes.append("predicted without TTA")
+    if result.get("unetseg_args"):
+        notes.append(f"`unetseg train ... {result['unetseg_args']}`")
+    lines = [f"**{result['title']}** ({key}; {', '.join(notes)}; Dice on {', '.join(cases)})", "",
              "| tool | iterations | training s | s / iteration | peak RSS train / predict (GiB) | "
              + " | ".join(f"Dice {s}" for s in structures) + " |",
              "|---|---|---|---|---|" + "---|" * len(structures)]
@@ -189,13 +205,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads of every process")
     parser.add_argument("--iterations-per-epoch", type=int, default=250, help="both tools' default: 250")
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=["cord", "brats"])
+    parser.add_argument("--together", action="store_true",
+                        help="train both tools at the same time (give each --threads; 1 each on a 2-core machine)")
+    parser.add_argument("--unetseg-args", default="",
+                        help="more `unetseg train` options, one string (e.g. \"--width 0.25\"); printed in the table")
+    parser.add_argument("--no-tta", dest="tta", action="store_false",
+                        help="predict without mirroring on both sides (8x faster on 3D; the default mirrors)")
     args = parser.parse_args(argv)
     args.work, args.data = args.work.resolve(), args.data.resolve()
     if args.work.is_relative_to(REPO_ROOT):
         parser.error("--work must be outside the repository: the BraTS sample is non-commercial data.")
     env = environment(args.work, args.threads)
     results: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s)",
-                     "minutes": args.minutes, "threads": args.threads,
+                     "minutes": args.minutes, "threads": args.threads, "together": args.together, "tta": args.tta,
                      "iterations_per_epoch": args.iterations_per_epoch, "settings": {}}
     for index, key in enumerate(args.settings):
         setting = SETTINGS[key]

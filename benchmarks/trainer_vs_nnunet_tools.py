@@ -94,12 +94,13 @@ def nnunet_train(dataset_id: int, minutes: float, threads: int, iterations_per_e
     summary.write_text(json.dumps(figures, indent=2), encoding="utf-8")
 
 
-def nnunet_predict(model: Path, images: Path, out: Path, threads: int) -> None:
-    """Predict every case in ``images`` with nnU-Net's predictor and its default settings."""
+def nnunet_predict(model: Path, images: Path, out: Path, threads: int, tta: bool = True) -> None:
+    """Predict every case in ``images`` with nnU-Net's predictor and its default settings (``tta=False``: its
+    ``--disable_tta``)."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     torch.set_num_threads(threads)
-    predictor = nnUNetPredictor(device=torch.device("cpu"), allow_tqdm=False)
+    predictor = nnUNetPredictor(device=torch.device("cpu"), use_mirroring=tta, allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(model), (FOLD,), "checkpoint_final.pth")
     predictor.predict_from_files_sequential(str(images), str(out), save_probabilities=False, overwrite=True)
 
@@ -117,13 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--model", type=Path, required=True)
     predict.add_argument("--images", type=Path, required=True)
     predict.add_argument("--out", type=Path, required=True)
+    predict.add_argument("--no-tta", action="store_true")
     ours = sub.add_parser("unetseg")
     ours.add_argument("args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.step == "nnunet-train":
         nnunet_train(args.dataset_id, args.minutes, args.threads, args.iterations_per_epoch, args.summary)
     elif args.step == "nnunet-predict":
-        nnunet_predict(args.model, args.images, args.out, args.threads)
+        nnunet_predict(args.model, args.images, args.out, args.threads, not args.no_tta)
     else:
         torch.set_num_threads(args.threads)
         return unetseg_main(args.args[1:] if args.args[:1] == ["--"] else args.args)

@@ -20,7 +20,7 @@ from unetseg.io import read_image, read_label_image, write_label_image
 from unetseg.models import card
 from unetseg.models.catalog import Catalog
 from unetseg.models.package import ModelPackage
-from unetseg.samples import SAMPLE_DIR, load_samples, sample_path
+from unetseg.samples import SAMPLE_DIR, load_samples, reference_labels, sample_path, showcase, unseen_by
 
 
 def _window(array: np.ndarray) -> np.ndarray:
@@ -73,22 +73,21 @@ def overlay_png(path: Path, image: Image, result: LabelImage, height: int = 256)
 
 
 def run_demo(out_dir: str | Path = "demo-output") -> int:
-    """Segment the first bundled CT sample with its model, then each shipped case that model never saw.
+    """Segment a bundled CT sample with its model (`samples.showcase`: one with a shipped case the model never
+    saw), then each such unseen case.
 
     Prints the Dice on each next to the model card's held-out figure and the wall time; says plainly when no
     unseen case is shipped. Returns the exit code.
     """
-    samples = load_samples(modality="CT")
-    if not samples:
+    catalog = Catalog()
+    if not load_samples(modality="CT"):
         print(f"No bundled CT sample in {SAMPLE_DIR} yet: nothing to segment. (Bundled samples: issue #6.)")
         return 1
-    sample = samples[0]
-    catalog = Catalog()
-    model_name = sample.get("model") or next(iter(catalog.names(modality="CT")), None)
-    if model_name is None:
+    sample = showcase(catalog.names(modality="CT"), modality="CT")
+    if sample is None:
         print("No bundled CT model yet: nothing to segment with. (Bundled models: issue #6.)")
         return 1
-    model = catalog.get(model_name)
+    model = catalog.get(sample["model"])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     print(f"Model '{model.name}': {card.heading(model)}")
@@ -96,7 +95,7 @@ def run_demo(out_dir: str | Path = "demo-output") -> int:
     _segment_sample(model, sample, out, "a case the model was trained on" if seen else "a bundled sample")
     if seen:
         print("  (the model was trained on this case: its Dice says nothing about other patients)")
-    unseen = [s for s in load_samples() if model.name in s.get("heldout_for", [])]
+    unseen = unseen_by(model.name)
     for other in unseen:
         _segment_sample(model, other, out, "a case the model never saw")
     if not unseen:
@@ -120,9 +119,11 @@ def _segment_sample(model: ModelPackage, sample: dict, out: Path, role: str) -> 
     print(f"  wrote {seg_path} and {png_path} in {elapsed:.1f} s (segmentation only)")
     if sample.get("reference"):
         reference = read_label_image(sample_path(sample["reference"]))
-        values = [label.value for label in result.labels]
+        scored = [label for label in result.labels
+                  if label.name in reference_labels(sample, [lab.name for lab in result.labels])]
+        values = [label.value for label in scored]
         scores = compute_metrics(result.image.array, reference.image.array, values, tuple(reversed(image.spacing)))
-        for label in result.labels:
+        for label in scored:
             print(f"  Dice {label.name}: {scores[label.value]['dice']:.3f} on {role}")
     for message in result.messages:
         print(f"  note: {message}")

@@ -4,6 +4,7 @@ SampleData registration. Torch-free and numpy-free, so the Slicer module can imp
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "Resources" / "SampleData"
@@ -24,3 +25,25 @@ def sample_path(name: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"Bundled sample file {path} is missing; reinstall the extension.")
     return path
+
+
+def unseen_by(model: str) -> list[dict]:
+    """The bundled samples that `model` never saw in training (marked ``heldout_for`` it)."""
+    return [s for s in load_samples() if model in s.get("heldout_for", [])]
+
+
+def showcase(models: Iterable[str], modality: str | None = None) -> dict | None:
+    """The sample the demo and the self-test segment first: the first one whose model is among `models` and has
+    a shipped case it never saw (so a held-out Dice stands next to the training case's), else the first one whose
+    model is among `models`; None when no sample names one of them."""
+    available = set(models)
+    candidates = [s for s in load_samples(modality) if s.get("model") in available]
+    return next((s for s in candidates if unseen_by(s["model"])), next(iter(candidates), None))
+
+
+def reference_labels(sample: dict, names: Iterable[str]) -> list[str]:
+    """The label names a sample's reference holds among `names` (its ``reference_labels``; default all): a
+    reference that labels only the spleen scores only the spleen."""
+    names = list(names)
+    held = sample.get("reference_labels")
+    return names if held is None else [n for n in names if n in held]

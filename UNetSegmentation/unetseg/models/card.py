@@ -14,6 +14,8 @@ from unetseg.vocabulary import IMPORTED_VARIANT_TITLES, MODALITY_TITLES, VARIANT
 _NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
 # The card's figures the tooltip lists, in order (a bundled sample's figure repeats one of these, so it is left out).
 _FIGURES = (("heldout", "Held-out"), ("robustness", "Robustness check"), ("training", "Training set"))
+# A bundled card's "leave-out-KEY" entries: Dice of the same recipe trained without group KEY, measured on KEY.
+LEAVE_OUT_KIND = "leave-out-"
 
 
 def title(package: Any) -> str:
@@ -36,9 +38,10 @@ def heading(package: Any) -> str:
 def measured(package: Any) -> str:
     """One sentence: the model's held-out Dice and on what, or plainly that it has none."""
     metrics = package.provenance.get("metrics") or {}
-    heldout, robustness = metrics.get("heldout"), metrics.get("robustness")
-    if _has_dice(heldout):
-        return f"Held-out mean Dice {heldout['mean_dice']:.2f} ({_about(heldout)})."
+    robustness = metrics.get("robustness")
+    held = [entry for _, entry in heldout_figures(metrics)]
+    if held:
+        return "Held-out mean Dice " + "; ".join(f"{e['mean_dice']:.2f} ({_about(e)})" for e in held) + "."
     if _has_dice(robustness):
         return (
             f"Not measured on held-out data; mean Dice {robustness['mean_dice']:.2f} on a robustness check "
@@ -78,12 +81,12 @@ def tooltip(package: Any) -> str:
         f"Reads: {', '.join(package.input_names)}. Labels: {', '.join(label.name for label in package.labels)}.",
     ]
     metrics = provenance.get("metrics") or {}
-    for kind, what in _FIGURES:
-        entry = metrics.get(kind)
-        if _has_dice(entry):
-            figures = ", ".join(f"{name} {value:.2f}" for name, value in entry.get("dice", {}).items())
-            lines.append(f"{what} Dice: {figures or round(entry['mean_dice'], 2)} — {_about(entry)}.")
-    if not any(_has_dice(metrics.get(kind)) for kind, _ in _FIGURES):
+    figures = [*heldout_figures(metrics), *((what, metrics.get(kind)) for kind, what in _FIGURES[1:])]
+    shown = [(what, entry) for what, entry in figures if _has_dice(entry)]
+    for what, entry in shown:
+        values = ", ".join(f"{name} {value:.2f}" for name, value in entry.get("dice", {}).items())
+        lines.append(f"{what} Dice: {values or round(entry['mean_dice'], 2)} — {_about(entry)}.")
+    if not shown:
         lines.append(measured(package))
     if provenance.get("training_data"):
         cases = provenance.get("cases")
@@ -93,6 +96,15 @@ def tooltip(package: Any) -> str:
         lines.append(f"Trained on {provenance['training_data']}" + (f" ({extra})." if extra else "."))
     lines.append(demonstration_note(package))
     return "\n".join(filter(None, lines))
+
+
+def heldout_figures(metrics: dict) -> list[tuple[str, dict]]:
+    """The card's held-out figures with what to call them: its own held-out cases, then each leave-one-out
+    model's (the same recipe trained without one subject or contrast, measured on it)."""
+    own = [("Held-out", metrics["heldout"])] if _has_dice(metrics.get("heldout")) else []
+    leave_outs = [("Held-out (leave-one-out)", metrics[k]) for k in sorted(metrics)
+                  if k.startswith(LEAVE_OUT_KIND) and _has_dice(metrics[k])]
+    return own + leave_outs
 
 
 def _has_dice(entry: Any) -> bool:
