@@ -1,15 +1,20 @@
 """Train the bundled models with the project's own trainer and write them, with their cards, into the repository.
 
-For each model in `MODELS`: build its training folder (`bundled_datasets.py`), run `unetseg train` on the CPU
-within the stated time budget, measure its Dice on the held-out cases (where any exist), on the training cases
-and on its bundled sample, store the weights in half precision when that costs no accuracy, and write the
-package to ``UNetSegmentation/Resources/Models/<name>/`` with provenance (data, licence, cases, the exact
-training command, CPU time) and those metrics, and its ONNX export beside it (`bundled_onnx.py`, so a stock
-Slicer runs it without PyTorch). Finally each sample in samples.json gets its model.
+For each model in `MODELS`: build its training folder (`bundled_datasets.py`: every permissive case of its
+groups, in one orientation), run `unetseg train` on the CPU within the stated time budget, measure its Dice on the
+held-out cases (where any exist), on the training cases and on its bundled sample, store the weights in half
+precision when that costs no accuracy, and write the package to ``UNetSegmentation/Resources/Models/<name>/`` with
+provenance (data, licence, cases, the exact training command, CPU time) and those metrics, and its ONNX export
+beside it (`bundled_onnx.py`, so a stock Slicer runs it without PyTorch). A model whose data has two or more
+training groups (subjects, contrasts) also gets one leave-one-out twin per group, trained by the same command
+without that group and measured on it: the card's ``leave-out-KEY`` figures (the twins stay in
+``DATA_ROOT/leave-out-models``, where `model_cards.py` re-measures them). Finally each sample in samples.json gets
+its model.
 
     python benchmarks/bundled_models.py [NAME ...] [--data-root /work/bundled-data] [--budget-scale 1.0]
 
-Run one model at a time on a shared machine; the whole set takes about half an hour on 2 CPU cores.
+Each training runs on one thread, so two invocations (different NAMEs) share a 2-core
+machine; the whole set with its twins is about 85 training minutes.
 """
 
 from __future__ import annotations
