@@ -114,3 +114,31 @@ def test_demo_says_plainly_when_no_unseen_case_is_shipped(tmp_path, capsys, monk
     assert demo.run_demo(tmp_path / "demo-output") == 0
     assert segmented == ["spleen2"]
     assert "No case this model never saw is shipped with the extension" in capsys.readouterr().out
+
+
+@needs_models
+@pytest.mark.slow
+def test_shipped_unseen_cases_reproduce_their_cards_held_out_figures():
+    """The case the demo and the self-test show as never seen is the one the card's held-out figure measured."""
+    from unetseg.evaluation.metrics import dice
+    from unetseg.inference.predictor import segment
+    from unetseg.io import read_image, read_label_image
+    from unetseg.models.card import heldout_figures
+    from unetseg.models.package import load_package
+    from unetseg.samples import reference_labels, unseen_by
+
+    checked = 0
+    for folder in MODEL_FOLDERS:
+        package = load_package(folder)
+        figures = [entry for _, entry in heldout_figures(package.provenance["metrics"])]
+        for sample in unseen_by(package.name):
+            entry = next(e for e in figures if [Path(c["label"]).name for c in e["cases"]] == [
+                f"{sample['name']}.nii.gz"])
+            result = segment([read_image(SAMPLE_DIR / name) for name in sample["images"]], package, device="cpu")
+            reference = read_label_image(SAMPLE_DIR / sample["reference"]).image.array
+            values = {label.name: label.value for label in package.labels}
+            for name in reference_labels(sample, values):
+                got = dice(result.image.array == values[name], reference == values[name])
+                assert abs(got - entry["dice"][name]) <= TOLERANCE, (package.name, sample["name"], name, got)
+                checked += 1
+    assert checked, "no shipped sample is marked as unseen by a bundled model"
