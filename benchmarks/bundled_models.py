@@ -212,8 +212,9 @@ def leave_out_metrics(spec: ModelSpec, data_root: Path, shared: Path, minutes: f
         labels = list(spec.heldout_labels or [label.name for label in package.labels])
         dice = model_cards.measure(package, {"cases": cases, "dice": dict.fromkeys(labels)}, data_root, shared)
         entry = model_cards.metric_entry(doc["heldout_data"], dice, cases=cases)
-        metrics[f"{model_cards.LEAVE_OUT_KIND}{key}"] = {**entry, "model": folder.name,
-                                                          "command": shlex.join(cmd[cmd.index("unetseg"):])}
+        shown = (f"python benchmarks/bundled_datasets.py {spec.name} --leave-out {key} --out bundled-data && "
+                 + shlex.join(train_command(spec, Path("bundled-data") / folder.name, Path(folder.name), minutes)))
+        metrics[f"{model_cards.LEAVE_OUT_KIND}{key}"] = {**entry, "model": folder.name, "command": shown}
         print(f"  {folder.name}: held-out Dice {entry['dice']}")
     return metrics
 
