@@ -198,7 +198,8 @@ def test_switching_one_off_removes_it_from_the_pipeline(name):
 def test_defaults_per_modality():
     assert AugmentationSettings().enabled == {"intensity"}  # nnU-Net v2's own
     ct, xr = AugmentationSettings.for_modality("CT"), AugmentationSettings.for_modality("XR")
-    assert {"fov", "slab", "thick_slices"} <= ct.enabled and not {"inversion", "label_intensities"} & ct.enabled
+    assert {"fov", "slab", "thick_slices", "label_intensities", "intensity_remap"} <= ct.enabled
+    assert not {"inversion", "bias_field"} & ct.enabled  # CT has neither
     assert {"gamma", "inversion", "bias_field", "label_intensities", "slab", "fov"} <= MR.enabled
     assert "slab" not in xr and "thick_slices" not in xr and "fov" in xr
     assert not any("elastic" in settings for settings in (MR, ct, xr))  # nnU-Net v2 leaves it off
