@@ -80,3 +80,12 @@ def test_leave_one_out_figures_read_as_held_out_figures():
                                       "Group T2w is left out entirely).")
     tooltip = card.tooltip(package)
     assert "Held-out (leave-one-out) Dice: spinal cord 0.80" in tooltip and "Training set Dice" in tooltip
+
+
+def test_heldout_figure_on_a_sample_is_the_entry_measured_on_that_case_alone():
+    one = {"dice": {"spleen": 0.1}, "mean_dice": 0.1, "description": "spleen2",
+           "cases": [{"images": ["x/imagesTs/spleen2_0000.nii.gz"], "label": "x/labelsTs/spleen2.nii.gz"}]}
+    two = {**one, "cases": [*one["cases"], {"images": [], "label": "x/labelsTs/other.nii.gz"}]}
+    package = _package(provenance={"metrics": {"heldout": two, f"{card.LEAVE_OUT_KIND}A": one}})
+    assert card.heldout_figure_on(package, "spleen2") is one
+    assert card.heldout_figure_on(package, "other") is None

@@ -107,6 +107,15 @@ def heldout_figures(metrics: dict) -> list[tuple[str, dict]]:
     return own + leave_outs
 
 
+def heldout_figure_on(package: Any, sample: str) -> dict | None:
+    """The card's held-out entry measured on exactly one case, bundled sample `sample` (its reference file is
+    ``<sample>.nii.gz``), or None: what the demo and the self-test reproduce on the shipped unseen case."""
+    for _, entry in heldout_figures(package.provenance.get("metrics") or {}):
+        if [str(c.get("label", "")).rsplit("/", 1)[-1] for c in entry.get("cases", [])] == [f"{sample}.nii.gz"]:
+            return entry
+    return None
+
+
 def _has_dice(entry: Any) -> bool:
     return isinstance(entry, dict) and isinstance(entry.get("mean_dice"), (int, float))
 
