@@ -87,5 +87,5 @@ def test_heldout_figure_on_a_sample_is_the_entry_measured_on_that_case_alone():
            "cases": [{"images": ["x/imagesTs/spleen2_0000.nii.gz"], "label": "x/labelsTs/spleen2.nii.gz"}]}
     two = {**one, "cases": [*one["cases"], {"images": [], "label": "x/labelsTs/other.nii.gz"}]}
     package = _package(provenance={"metrics": {"heldout": two, f"{card.LEAVE_OUT_KIND}A": one}})
-    assert card.heldout_figure_on(package, "spleen2") is one
+    assert card.heldout_figure_on(package, "spleen2") == one
     assert card.heldout_figure_on(package, "other") is None
