@@ -41,7 +41,9 @@ def test_info_line_states_the_measured_figure_and_the_demonstration(package):
     for entry in held or [metrics["robustness"]]:
         assert f"{entry['mean_dice']:.2f}" in line
     assert ("Held-out mean Dice" if held else "Not measured on held-out data") in line
-    assert "Demonstration model trained on one subject" in line and "not for clinical use" in line
+    subjects = package.provenance["subjects"]
+    assert f"Demonstration model trained on {({1: 'one', 2: 'two'})[subjects]} subject" in line
+    assert "not for clinical use" in line
 
 
 @needs_models
