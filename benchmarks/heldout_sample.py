@@ -34,6 +34,7 @@ ENTRY = {
     "images": ["ts_example_ct_sm.nii.gz"],
     "reference": "ts_example_ct_sm_spleen.nii.gz",
     "reference_labels": ["spleen"],
+    "case": "example_ct_sm",  # the case's name in the bundled models' training data
     "model": MODEL,
     "licence": bundled_ct_cases.TS_LICENCE,
     "attribution": "example_ct_sm.nii.gz from TotalSegmentator's test files (github.com/wasserth/TotalSegmentator, "

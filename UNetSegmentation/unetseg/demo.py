@@ -91,7 +91,7 @@ def run_demo(out_dir: str | Path = "demo-output") -> int:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     print(f"Model '{model.name}': {card.heading(model)}")
-    seen = sample["name"] in model.provenance.get("training_cases", [])
+    seen = sample.get("case", sample["name"]) in model.provenance.get("training_cases", [])  # its name in training
     _segment_sample(model, sample, out, "a case the model was trained on" if seen else "a bundled sample")
     if seen:
         print("  (the model was trained on this case: its Dice says nothing about other patients)")
