@@ -160,8 +160,7 @@ def build_train_transforms(
     spatial (rotation/scaling, elastic) → per-label intensities (needs the label, so it precedes anything that
     blurs it away) → random intensity curve → bias field → nnU-Net's intensity set → thick slices → wider gamma →
     inversion → field of view and slab (last, so what they zero stays exactly zero, like the predictor's padding) →
-    mirroring along
-    `mirror_axes` (default: every spatial axis). Slab and thick slices need a 3D patch.
+    mirroring along `mirror_axes` (default: every spatial axis). Slab and thick slices need a 3D patch.
 
     Seed it per sample with ``pipeline.set_random_state(seed)`` for reproducible, order-independent patches.
     """
