@@ -101,6 +101,13 @@ def train_command(spec: ModelSpec, dataset: Path, out: Path, minutes: float) -> 
             "--seed", "0", "--time-budget", f"{minutes:g}", *spec.train_args]
 
 
+def shown_command(spec: ModelSpec, folder: str, minutes: float, leave_out: str | None = None) -> str:
+    """The card's command: build training folder `folder` under ./bundled-data, then train into ./`folder`."""
+    build = f"python benchmarks/bundled_datasets.py {spec.name}" + (f" --leave-out {leave_out}" if leave_out else "")
+    train = train_command(spec, Path("bundled-data") / folder, Path(folder), minutes)
+    return f"{build} --out bundled-data && {shlex.join(train)}"
+
+
 def run_training(cmd: list[str], log: Path) -> tuple[float, float]:
     """Run the trainer as a child process (log to `log`); return its CPU seconds and wall seconds."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -217,9 +224,8 @@ def leave_out_metrics(spec: ModelSpec, data_root: Path, shared: Path, minutes: f
         labels = list(spec.heldout_labels or [label.name for label in package.labels])
         dice = model_cards.measure(package, {"cases": cases, "dice": dict.fromkeys(labels)}, data_root, shared)
         entry = model_cards.metric_entry(doc["heldout_data"], dice, cases=cases)
-        shown = (f"python benchmarks/bundled_datasets.py {spec.name} --leave-out {key} --out bundled-data && "
-                 + shlex.join(train_command(spec, Path("bundled-data") / folder.name, Path(folder.name), minutes)))
-        metrics[f"{model_cards.LEAVE_OUT_KIND}{key}"] = {**entry, "model": folder.name, "command": shown}
+        metrics[f"{model_cards.LEAVE_OUT_KIND}{key}"] = {**entry, "model": folder.name,
+                                                          "command": shown_command(spec, folder.name, minutes, key)}
         print(f"  {folder.name}: held-out Dice {entry['dice']}")
     return metrics
 
@@ -236,10 +242,8 @@ def bundle_model(spec: ModelSpec, data_root: Path, shared: Path, budget_scale: f
         cmd = train_command(spec, folder, work / "trained", minutes)
         print(f"{spec.name}: {shlex.join(cmd)}")
         cpu_s, wall_s = run_training(cmd, log_dir / f"train-{spec.name}.log")
-        shown = (f"python benchmarks/bundled_datasets.py {spec.name} --out bundled-data && "
-                 + shlex.join(train_command(spec, Path("bundled-data") / spec.name, Path(spec.name), minutes)))
         trained = load_package(work / "trained")
-        manifest = card(trained, spec, folder, shown, cpu_s, wall_s)
+        manifest = card(trained, spec, folder, shown_command(spec, spec.name, minutes), cpu_s, wall_s)
         metrics, half, state = choose_precision(trained, manifest, spec, folder, data_root, shared, work)
         metrics.update(leave_out_metrics(spec, data_root, shared, minutes, log_dir))
         manifest["provenance"]["metrics"] = metrics

@@ -162,7 +162,7 @@ def readme_table(packages: list) -> str:
     ]
     for pkg in packages:
         prov, metrics = pkg.provenance, pkg.provenance.get("metrics", {})
-        held = [metrics[k] for k in ordered_kinds(metrics) if k == "heldout" or k.startswith(LEAVE_OUT_KIND)]
+        held = [entry for _, entry in card.heldout_figures(metrics)]
         held_text = "; ".join(f"{_dice_text(e)} — {e['description']}" for e in held) or TRAINING_ONLY
         if "robustness" in metrics:
             held_text += f"; {metrics['robustness']['description']}: {_dice_text(metrics['robustness'])}"

@@ -119,8 +119,8 @@ def _segment_sample(model: ModelPackage, sample: dict, out: Path, role: str) -> 
     print(f"  wrote {seg_path} and {png_path} in {elapsed:.1f} s (segmentation only)")
     if sample.get("reference"):
         reference = read_label_image(sample_path(sample["reference"]))
-        scored = [label for label in result.labels
-                  if label.name in reference_labels(sample, [lab.name for lab in result.labels])]
+        held = reference_labels(sample, [label.name for label in result.labels])
+        scored = [label for label in result.labels if label.name in held]
         values = [label.value for label in scored]
         scores = compute_metrics(result.image.array, reference.image.array, values, tuple(reversed(image.spacing)))
         for label in scored:
