@@ -27,6 +27,7 @@ from unetseg.inference.onnx_backend import export_onnx
 from unetseg.inference.predictor import segment
 from unetseg.models.catalog import Catalog
 from unetseg.models.importers import import_any
+from unetseg.models.precision_check import check_precisions
 
 OPENVINO = pytest.param("openvino", marks=pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
                                                             reason="needs openvino (a test extra)"))
@@ -105,6 +106,32 @@ def test_labels_match_nnunetv2_predict(catalog, key, tta, backend):
         dice = dice_per_label(labels, reference(key, tta, case))
         worst[case] = min(dice.values())
         assert worst[case] >= MIN_DICE, f"{key} {case} ({'tta' if tta else 'notta'}, {backend}): Dice {dice}"
+
+
+@pytest.mark.slow
+def test_an_imported_model_is_checked_for_int8_and_runs_its_int8_export(tmp_path):
+    """The precision check quantises an imported model's export (a 2d one too) and records how its labels agree;
+    int8 asked for runs that export inside nnU-Net's pipeline, and auto keeps fp32 where int8 was not validated."""
+    catalog = Catalog(bundled_dir=tmp_path / "none", user_dir=tmp_path / "models")
+    for key in ("ct2d", "mr"):
+        import_any(FIXTURES / SOURCES[key], catalog, name=key)
+        export_onnx(catalog.get(key))
+        record = check_precisions(catalog.get(key))["checked"]["int8"]
+        assert 0.5 < record["foreground_agreement"] <= 1.0 and "not_checked" not in record, record
+    package = catalog.get("mr")
+    assert not package.inference["precision"]["checked"]["int8"]["validated"]  # a barely trained fixture
+    case, files = next(iter(cases("mr").items()))
+    images = [Image.from_sitk(sitk.ReadImage(str(f))) for f in files]
+    runs = {}
+    for precision in ("int8", "fp32", "auto"):
+        lines: list[str] = []
+        runs[precision] = segment(images, package, device="cpu", tta=False, backend="onnx", precision=precision,
+                                  progress=lambda _f, stage, lines=lines: lines.append(stage)).image.array
+        assert any(line.startswith("engine: onnxruntime") and "precision " + ("fp32" if precision == "auto"
+                   else precision) in line for line in lines), lines  # fmt: skip
+    assert np.array_equal(runs["auto"], runs["fp32"])
+    assert not np.array_equal(runs["int8"], runs["fp32"])  # the quantised export ran, not the fp32 one
+    assert min(dice_per_label(runs["int8"], reference("mr", False, case)).values()) >= 0.8  # its pipeline, rounded
 
 
 @pytest.mark.slow

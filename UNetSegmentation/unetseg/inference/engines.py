@@ -21,8 +21,6 @@ from unetseg.vocabulary import BACKENDS, check_choice
 
 INT8_SUFFIX = ".int8.onnx"
 ENGINE_PREFIX = "engine: "  # the progress stage naming the engine and precision that run
-# The package kinds whose ONNX path takes the int8 export (imported models run their own pipelines in fp32 there).
-_INT8_KINDS = (None,)
 
 
 def int8_path(package: ModelPackage) -> Path:
@@ -100,7 +98,7 @@ def with_precision(
     """
     kind = device_type(backend, settings.device)
     records = package.inference.get("precision")
-    int8_ready = package.preprocessing.get("kind") in _INT8_KINDS and int8_path(package).is_file()
+    int8_ready = int8_path(package).is_file()
     if not int8_ready and records is not None:
         records = {key: {k: v for k, v in value.items() if k != "int8"} if key in RECORD_SETS.values() else value
                    for key, value in records.items()}  # fmt: skip

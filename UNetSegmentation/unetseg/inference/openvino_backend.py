@@ -72,7 +72,7 @@ def export_session(backend: str, package: ModelPackage, settings: WindowSettings
     """A session on the package's ONNX export with ``run(outputs, feeds)``: ONNX Runtime's or OpenVINO's."""
     if backend == "openvino":
         return open_session(package, settings)
-    return onnx_backend.open_session(package, settings.device)
+    return onnx_backend.open_session(package, settings.device, settings.precision)
 
 
 def predict_labels(

@@ -104,8 +104,6 @@ def _engines(package: ModelPackage, windows: np.ndarray) -> tuple[tuple[str, Log
 
 def _int8_engine(package: ModelPackage, windows: np.ndarray) -> tuple[str, Logits] | str:
     """ONNX Runtime on the int8 export calibrated on ``windows``, or why there is none."""
-    if package.preprocessing.get("kind") is not None:
-        return "int8 runs for the project's own packages only (imported models run their tool's pipeline)"
     if not package.onnx_path.is_file():
         return f"no ONNX export (make it with: unetseg export-onnx {package.name})"
     if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:

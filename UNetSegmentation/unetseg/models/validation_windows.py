@@ -76,11 +76,12 @@ def synthetic_images(package: ModelPackage) -> tuple[list[Image], str]:
 
 def network_input(images: list[Image], package: ModelPackage) -> np.ndarray:
     """The prepared input the network's windows are cut from: ``(C, *grid)``, or ``(slices, C, y, x)`` for a 2D
-    model of the project's own kind."""
+    model (the project's own or nnU-Net's ``2d``)."""
     kind = package.preprocessing.get("kind")
     if kind == NNUNET_VARIANT:
         spacing = tuple(reversed(images[0].spacing))
-        return preprocess(np.stack([i.array for i in images]), spacing, NnUNetRules.from_package(package)).data
+        data = preprocess(np.stack([i.array for i in images]), spacing, NnUNetRules.from_package(package)).data
+        return data.transpose(1, 0, 2, 3) if package.spatial_dims == 2 else data  # a 2d model: slices along axis 0
     if kind == MONAI_VARIANT:
         return _monai_input(images, package)
     settings = WindowSettings(spatial_dims=package.spatial_dims, roi_size=tuple(_patch(package)), label_values=(0,))
