@@ -5,13 +5,15 @@ PlainConvUNet with its planned stages and 32…320 features), trained by the sto
 (a body, an organ, a bone; nothing is downloaded): fold 0 from scratch for ``--epochs`` x ``--iterations``
 iterations, folds 1-4 from fold 0's weights (nnU-Net's pretrained-weights start) for ``--finetune`` iterations
 each. It is imported twice into a private model folder, with fold 0 only and with all five folds, exported to ONNX
-and checked for lower precisions, as ``unetseg models import`` does.
+and checked for lower precisions as ``unetseg models validate-precision`` does (an import alone keeps nnU-Net's fp32:
+a lower precision is the user's opt-in).
 
 Each contender is a whole command in its own process, on a 256x256x200 CT, interleaved over ``--reps``
 repetitions (contender order rotates per repetition): nnU-Net with ``-npp 1 -nps 1 -device cpu`` (1 fold and 5
 folds, with and without TTA), and ``unetseg predict --device cpu`` with the same folds and TTA on torch, ONNX
 Runtime and OpenVINO (the last two torch-free, on the same ONNX export), each with ``--precision fp32`` (nnU-Net's
-arithmetic) and ``--precision auto`` (the default: a lower precision where the check validated it). Printed per
+arithmetic) and ``--precision auto`` (the default: a lower precision where the check validated it on that engine
+and this CPU computes it natively). Printed per
 configuration and command: what ran (engine, precision), the median wall time and its ratio to nnU-Net's, the peak
 memory of the command's whole process tree (sampled every 0.1 s; nnU-Net's worker processes count) as summed RSS
 and as summed PSS (shared library pages divided among the processes mapping them), and the smallest per-label Dice
@@ -148,7 +150,7 @@ def prepare_contenders(work: Path) -> dict[str, str]:
             import_any(model_folder(work), catalog, name=name, folds=["0"] if folds == "1 fold" else None,
                        replace=True)
             export_onnx(catalog.get(name))
-            check_precisions(catalog.get(name), report=print)  # what `unetseg models import` does after converting
+            check_precisions(catalog.get(name), report=print)  # `unetseg models validate-precision NAME`
     return names
 
 
