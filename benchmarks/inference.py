@@ -9,7 +9,7 @@
 2. **The machine's peak**, measured in the same run: a 4096² matrix product in fp32 and in bf16 (the best of
    before and after the window timings). FLOPs are those of direct convolution: an engine using Winograd or
    another fast algorithm can exceed 100 % of the matrix-product peak.
-3. **Per engine and precision** (torch fp32 / bf16 channels-last, ONNX Runtime fp32 / int8, OpenVINO fp32 / bf16 /
+3. **Per engine and precision** (torch fp32 / bf16, ONNX Runtime fp32 / int8, OpenVINO fp32 / bf16 /
    int8): seconds per window (median and range over ``--reps`` interleaved repetitions), GFLOP/s and the fraction
    of the peak of its precision (int8 against the bf16 peak: no int8 peak is measured), and the label agreement
    with torch fp32 on the same windows.

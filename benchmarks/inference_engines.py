@@ -1,7 +1,7 @@
 """The network alone: this machine's matrix-product peak, one window's FLOPs, and each engine and precision timed on
 the same windows, interleaved, with its label agreement against torch fp32.
 
-Engines: torch (fp32; bf16 autocast with channels-last 3D), ONNX Runtime (fp32 with every graph optimisation; the
+Engines: torch (fp32; bf16 autocast), ONNX Runtime (fp32 with every graph optimisation; the
 int8 QDQ export), OpenVINO (fp32, bf16, int8) when installed. Each engine is built once and warmed up on one
 window; then every repetition runs each engine once per window, in an order that rotates per repetition, so a
 slow spell of a shared machine falls on all of them.

@@ -1,7 +1,7 @@
 """The torch backend of the predictor: device choice, autocast, window batch size, mirror TTA, MONAI's
 sliding window with nnU-Net's settings, the slab-wise return to the input grid, and the out-of-memory ladder.
 
-The windows run in the settings' precision (`torch_precision`: CUDA autocast, CPU bf16 channels-last), and on
+The windows run in the settings' precision (`torch_precision`: autocast), and on
 CUDA the volume with its stitched scores may stay in CPU memory while windows run on the GPU (MONAI's
 ``sw_device``/``device`` split). Out of
 memory, the run is retried with half the window batch, then with the volume in CPU memory, then entirely on
@@ -21,7 +21,7 @@ from unetseg.devices import resolve_device
 from unetseg.inference.crf import dense_crf
 from unetseg.inference.linear_resampling import ArrayOps, argmax_on_grid
 from unetseg.inference.preprocessing import resample
-from unetseg.inference.torch_precision import autocast_dtype, prepare_network, window_layout
+from unetseg.inference.torch_precision import autocast_dtype
 from unetseg.inference.windows import WindowSettings, count_windows, gaussian_weights
 from unetseg.models.weights import build_model
 
@@ -74,11 +74,9 @@ class WindowNetwork:
         self.network, self.run = network, run
         self.mirror_sets = settings.mirror_sets()
         self.autocast = autocast_dtype(device, settings.precision)
-        self.device, self.precision = device, settings.precision
-        prepare_network(network, device, settings.precision, settings.spatial_dims)  # channels-last for CPU bf16
+        self.device = device
 
     def __call__(self, windows: torch.Tensor) -> torch.Tensor:
-        windows = window_layout(windows, self.device, self.precision)
         with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
             total = None
             for axes in self.mirror_sets:

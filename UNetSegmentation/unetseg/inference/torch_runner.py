@@ -15,7 +15,7 @@ import torch
 
 from unetseg.devices import resolve_device
 from unetseg.inference.mirroring import CPU_COPIES, MirroredTiles
-from unetseg.inference.torch_precision import prepare_network, run_windows
+from unetseg.inference.torch_precision import run_windows
 from unetseg.inference.windows import WindowSettings
 from unetseg.models.weights import build_model
 
@@ -23,7 +23,7 @@ from unetseg.models.weights import build_model
 def window_runner(package: Any, settings: WindowSettings, run: Any) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
     """The callable mapping tiles ``(B, C, *patch)`` to mirror-averaged logits, and the tiles per call."""
     device = resolve_device(settings.device)
-    network = prepare_network(build_model(package, device), device, settings.precision, settings.spatial_dims)
+    network = build_model(package, device)
 
     def forward(batch: np.ndarray) -> np.ndarray:
         return run_windows(network, torch.from_numpy(batch), device, settings.precision).cpu().numpy()
