@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from unetseg import cli, phantoms
+from unetseg.inference import int8_export
 from unetseg.inference.engines import int8_path
 from unetseg.inference.predictor import segment
 from unetseg.models.manifest import read_manifest
@@ -58,6 +59,19 @@ def test_windows_come_from_a_synthetic_phantom_of_the_modality_or_the_bundled_sa
     assert "synthetic CT" in windows.source and windows.windows.std() > 0.1
     spleen = validation_windows(load_package(REPO / "UNetSegmentation/Resources/Models/ct-spleen"), 1)
     assert spleen.source == "bundled sample spleen2"
+
+
+def test_int8_calibration_that_would_not_fit_in_memory_is_refused_not_killed(checked, monkeypatch):
+    """Calibration holds every convolution's input and output of one window (measured from the export's shapes:
+    at least the window and the logits, twice as much for a window twice as large); where that exceeds the share of
+    this machine's memory, the int8 check is recorded as not run instead of the process being killed."""
+    package, _ = checked
+    one = int8_export.calibration_bytes(package.onnx_path, (1, 1, 16, 32, 32))
+    assert one >= 4 * (16 * 32 * 32) * (1 + 3)
+    assert int8_export.calibration_bytes(package.onnx_path, (1, 1, 32, 32, 32)) == 2 * one
+    monkeypatch.setattr(int8_export, "physical_memory_bytes", lambda: one / int8_export.CALIBRATION_MEMORY_SHARE - 1)
+    int8 = check_precisions(package, count=1, write=False)["checked"]["int8"]
+    assert "calibrating int8 would hold" in int8["not_checked"], int8
 
 
 @pytest.mark.slow

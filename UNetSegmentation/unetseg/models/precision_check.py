@@ -20,7 +20,7 @@ import numpy as np
 
 from unetseg.cpu_features import cpu_features
 from unetseg.inference.engines import int8_path
-from unetseg.inference.int8_export import quantize_int8
+from unetseg.inference.int8_export import calibration_too_large, quantize_int8
 from unetseg.inference.onnx_backend import INPUT_NAME, open_session
 from unetseg.inference.precision import agreement, labels_from_logits
 from unetseg.io.atomic import atomic_write
@@ -108,6 +108,8 @@ def _int8_engine(package: ModelPackage, windows: np.ndarray) -> tuple[str, Logit
         return f"no ONNX export (make it with: unetseg export-onnx {package.name})"
     if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
         return "onnxruntime and onnx are not installed"
+    if too_large := calibration_too_large(package.onnx_path, (1, *windows.shape[1:])):
+        return too_large
     quantize_int8(package, windows)
     session = open_session(package, "cpu", "int8")
     return "onnxruntime", lambda x: session.run(None, {session.get_inputs()[0].name: x})[0]
