@@ -215,3 +215,22 @@ def test_openvino_runs_the_export_without_torch_and_agrees_with_onnx_runtime(che
     assert done.returncode == 0, done.stderr[-3000:]
     assert "engine: openvino" in done.stdout and "precision bf16: as asked" in done.stdout
     assert "refused: The OpenVINO backend needs OpenVINO: pip install openvino" in done.stdout
+
+
+def test_a_users_own_case_can_be_the_judge(checked, tmp_path, capsys):
+    """`validate-precision --image` cuts the windows from the user's case instead of the phantom, and a case with
+    the wrong number of inputs is a clear error."""
+    import SimpleITK as sitk
+
+    folder = shutil.copytree(checked[0].path, tmp_path / "precision-ct")
+    image, _ = phantoms.ct_phantom(shape=(24, 48, 40), spacing=(1.5, 1.5, 3.0))
+    case = tmp_path / "case.nii.gz"
+    sitk.WriteImage(image.to_sitk(), str(case))
+    assert cli.main(["models", "validate-precision", str(folder), "--windows", "1", "--image", str(case)]) == 0
+    record = load_package(folder).inference["precision"]
+    assert record["input"] == "the user's case (size (40, 48, 24), spacing (1.5, 1.5, 3.0) mm)", record["input"]
+    assert validation_windows(load_package(folder), 1, [image]).windows.shape == (1, 1, 16, 32, 32)
+    capsys.readouterr()
+    args = ["models", "validate-precision", str(folder), "--image", str(case), "--image", str(case)]
+    assert cli.main(args) == 1
+    assert "takes 1 input(s) (CT); got 2 image(s)" in capsys.readouterr().err

@@ -80,6 +80,9 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
                         "label agreement in its manifest (--precision auto uses only the validated ones)")
     check.add_argument("model", help="catalog name or model folder")
     check.add_argument("--windows", type=int, default=3, metavar="N", help="windows to compare (default: 3)")
+    check.add_argument("--image", action="append", dest="images", metavar="IMAGE",
+                       help="a case of your own to cut the windows from (repeat once per input, in the model's "
+                            "input order; default: the model's bundled sample, else a synthetic phantom)")
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:

@@ -6,6 +6,7 @@ from typing import Any
 
 from unetseg.evaluation.variant_figures import figures_listing
 from unetseg.inference.onnx_backend import export_onnx
+from unetseg.io import read_images
 from unetseg.jobs.runner import Job
 from unetseg.models.catalog import Catalog
 from unetseg.models.importers import import_any
@@ -60,7 +61,9 @@ def run_export_onnx(job: Job, options: dict[str, Any]) -> None:
 def run_validate_precision(job: Job, options: dict[str, Any]) -> None:
     """`unetseg models validate-precision`: lower precisions against fp32 on the model's sample, into its manifest."""
     package = Catalog().get(options["model"])
-    record = check_precisions(package, options["windows"], report=job.log)
+    images = options.get("images")
+    record = check_precisions(package, options["windows"], report=job.log,
+                              images=read_images(images) if images else None)
     allowed = [p for p, r in record["checked"].items() if r.get("validated")]
     allowed += [f"{p} on OpenVINO" for p, r in record.get("openvino", {}).items() if r.get("validated")]
     job.result(f"Model {package.name}: validated for fp32{''.join(', ' + p for p in allowed)} "

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from unetseg.cpu_features import cpu_features
+from unetseg.image import Image
 from unetseg.inference.engines import int8_path
 from unetseg.inference.int8_export import calibration_too_large, quantize_int8
 from unetseg.inference.onnx_backend import INPUT_NAME, open_session
@@ -33,11 +34,11 @@ Logits = Callable[[np.ndarray], np.ndarray]
 
 
 def check_precisions(package: ModelPackage, count: int = DEFAULT_WINDOWS, write: bool = True,
-                     report: Callable[[str], None] | None = None) -> dict:
-    """Measure each lower precision against fp32 on ``count`` windows; return the record (and write it into the
-    package's manifest with ``write``)."""
+                     report: Callable[[str], None] | None = None, images: list[Image] | None = None) -> dict:
+    """Measure each lower precision against fp32 on ``count`` windows (of ``images``, one per model input, where
+    given); return the record (and write it into the package's manifest with ``write``)."""
     say = report or (lambda _line: None)
-    sample = validation_windows(package, count)
+    sample = validation_windows(package, count, images)
     say(f"{len(sample.windows)} window(s) of {sample.source}")
     reference_engine, engines = _engines(package, sample.windows)
     sigmoid, names = output_kind(package)

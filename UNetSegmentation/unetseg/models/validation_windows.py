@@ -40,9 +40,18 @@ class ValidationWindows:
     source: str
 
 
-def validation_windows(package: ModelPackage, count: int = DEFAULT_WINDOWS) -> ValidationWindows:
-    """``count`` windows of the model's sample (or a synthetic phantom), prepared as its pipeline prepares them."""
-    images, source = input_images(package)
+def validation_windows(package: ModelPackage, count: int = DEFAULT_WINDOWS,
+                       images: list[Image] | None = None) -> ValidationWindows:
+    """``count`` windows of ``images`` (one per model input; default: the model's sample, else a synthetic phantom),
+    prepared as its pipeline prepares them."""
+    if images is None:
+        images, source = input_images(package)
+    else:
+        if len(images) != len(package.input_names):
+            raise ValueError(f"Model '{package.name}' takes {len(package.input_names)} input(s) "
+                             f"({', '.join(package.input_names)}); got {len(images)} image(s).")
+        spacing = tuple(round(float(v), 3) for v in images[0].spacing)
+        source = f"the user's case (size {images[0].size}, spacing {spacing} mm)"
     volume = network_input(images, package)
     return ValidationWindows(pick_windows(volume, _patch(package), count), source)
 
