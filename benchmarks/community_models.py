@@ -20,6 +20,7 @@ and as summed PSS (shared library pages divided among the processes mapping them
 between the command's labels and nnU-Net's. Needs ``nnunetv2`` in this interpreter (the Makefile installs it):
 
     python benchmarks/community_models.py --work /tmp/unetseg-community [--reps 3] [--heavy-reps 1] [--ours ...]
+        [--validate-on-case]
 """
 
 from __future__ import annotations
@@ -134,15 +135,21 @@ def make_model(work: Path, iterations: int, epochs: int, finetune: int, cases: i
               f"{time.perf_counter() - t0:.0f} s", flush=True)
 
 
-def prepare_contenders(work: Path) -> dict[str, str]:
-    """The benchmark CT, and the model imported as one package per fold choice, with ONNX exports."""
+def prepare_contenders(work: Path, on_case: bool) -> dict[str, str]:
+    """The benchmark CT, and the model imported as one package per fold choice, with ONNX exports, checked for
+    lower precisions on the synthetic phantom (``validate-precision NAME``) or, with ``on_case``, on another CT of
+    the benchmark's kind (``validate-precision NAME --image``: the user's own case; never the measured CT)."""
     write(make_case(np.random.default_rng(99), CT_SHAPE, CT_SPACING)[0], CT_SPACING,
           work / "input" / "ct_0000.nii.gz")
     from unetseg.inference.onnx_backend import export_onnx
+    from unetseg.io import read_images
     from unetseg.models.catalog import Catalog
     from unetseg.models.importers import import_any
     from unetseg.models.precision_check import check_precisions
 
+    case = work / "validation" / "ct_0000.nii.gz"
+    if on_case:
+        write(make_case(np.random.default_rng(98), CT_SHAPE, CT_SPACING)[0], CT_SPACING, case)
     catalog = Catalog(bundled_dir=work / "no-bundled", user_dir=work / "models")
     names = {"1 fold": "bench-ct-1fold", "5 folds": "bench-ct-5folds"}
     for folds, name in names.items():
@@ -150,7 +157,8 @@ def prepare_contenders(work: Path) -> dict[str, str]:
             import_any(model_folder(work), catalog, name=name, folds=["0"] if folds == "1 fold" else None,
                        replace=True)
             export_onnx(catalog.get(name))
-            check_precisions(catalog.get(name), report=print)  # `unetseg models validate-precision NAME`
+        if on_case or not catalog.get(name).inference.get("precision"):
+            check_precisions(catalog.get(name), report=print, images=read_images([case]) if on_case else None)
     return names
 
 
@@ -181,8 +189,8 @@ def min_dice(a_path: Path, b_path: Path) -> float:
     return min(scores)
 
 
-def benchmark(work: Path, reps: int, heavy_reps: int, ours: tuple[str, ...]) -> dict:
-    names = prepare_contenders(work)
+def benchmark(work: Path, reps: int, heavy_reps: int, ours: tuple[str, ...], on_case: bool) -> dict:
+    names = prepare_contenders(work, on_case)
     env = dict(nnunet_env(work), UNETSEG_MODELS_DIR=str(work / "models"))
     contenders = ("nnunet", *ours)
     results: dict = {}
@@ -240,13 +248,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-only", action="store_true", help="make the model, measure nothing")
     parser.add_argument("--ours", nargs="+", default=list(OURS), choices=OURS, metavar="'BACKEND PRECISION'",
                         help=f"our commands to measure (default: all of {', '.join(OURS)})")
+    parser.add_argument("--validate-on-case", action="store_true",
+                        help="check lower precisions on another CT of this kind, not on the synthetic phantom")
     args = parser.parse_args(argv)
     work = args.work.resolve()
     make_model(work, args.iterations, args.epochs, args.finetune)
     if args.train_only:
         return 0
     results = benchmark(work, args.reps, args.reps if args.heavy_reps is None else args.heavy_reps,
-                        tuple(args.ours))
+                        tuple(args.ours), args.validate_on_case)
     (work / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     print(table(results))
     return 0
