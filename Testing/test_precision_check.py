@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,7 +21,7 @@ from unetseg.inference.engines import int8_path
 from unetseg.inference.predictor import segment
 from unetseg.models.manifest import read_manifest
 from unetseg.models.package import load_package, save_package
-from unetseg.models.precision_check import check_precisions
+from unetseg.models.precision_check import check_precisions, window_labels
 from unetseg.models.validation_windows import validation_windows
 from unetseg.networks.factory import build_network
 
@@ -234,3 +235,13 @@ def test_a_users_own_case_can_be_the_judge(checked, tmp_path, capsys):
     args = ["models", "validate-precision", str(folder), "--image", str(case), "--image", str(case)]
     assert cli.main(args) == 1
     assert "takes 1 input(s) (CT); got 2 image(s)" in capsys.readouterr().err
+
+
+def test_an_ensembles_labels_come_from_its_fold_averaged_logits():
+    """A fold ensemble's windows are judged on the folds' mean logits, as its pipeline combines them, not on an
+    arg-max across the stacked channels (which named a fold's channel as a label)."""
+    logits = np.zeros((1, 6, 1, 1, 2), np.float32)  # 2 folds x 3 heads, two voxels
+    logits[0, [1, 5], 0, 0, 0] = 5.0, 6.0  # fold 0 says 1 at 5, fold 1 says 2 at 6: the mean says 2
+    logits[0, [1, 4], 0, 0, 1] = 2.0, 3.0  # fold 0 says 1, fold 1 says 1 more strongly: 1
+    assert window_labels(logits, 3, sigmoid=False).ravel().tolist() == [2, 1]
+    assert window_labels(logits[:, :3], 3, sigmoid=False).ravel().tolist() == [1, 1]  # one network: as it says

@@ -42,7 +42,8 @@ def check_precisions(package: ModelPackage, count: int = DEFAULT_WINDOWS, write:
     say(f"{len(sample.windows)} window(s) of {sample.source}")
     reference_engine, engines = _engines(package, sample.windows)
     sigmoid, names = output_kind(package)
-    reference = labels_from_logits(reference_engine[1](sample.windows), sigmoid)
+    heads = output_heads(package)
+    reference = window_labels(reference_engine[1](sample.windows), heads, sigmoid)
     checked = {}
     for precision in LOWER_PRECISIONS:
         engine = engines.get(precision)
@@ -51,8 +52,9 @@ def check_precisions(package: ModelPackage, count: int = DEFAULT_WINDOWS, write:
             say(f"{precision}: not checked ({engine})")
             continue
         name, run = engine
-        checked[precision] = _measured(precision, name, reference, run(sample.windows), sigmoid, names, say)
-    by_openvino = _openvino_checks(package, sample.windows, reference, sigmoid, names, say)
+        labels = window_labels(run(sample.windows), heads, sigmoid)
+        checked[precision] = _measured(precision, name, reference, labels, sigmoid, names, say)
+    by_openvino = _openvino_checks(package, sample.windows, reference, (heads, sigmoid), names, say)
     result = {
         "reference": f"fp32 ({reference_engine[0]})",
         "windows": len(sample.windows),
@@ -77,9 +79,22 @@ def output_kind(package: ModelPackage) -> tuple[bool, list[str]]:
     post = ((package.inference.get("monai") or {}).get("postprocessing")) or []
     sigmoid = package.preprocessing.get("kind") == MONAI_VARIANT and any(
         s.get("op") == "activation" and s.get("function") == "sigmoid" for s in post)
-    heads = int(package.network_config.get("heads") or package.network_config["num_classes"])
     names = [label.name for label in package.labels]
-    return sigmoid, (names if not sigmoid else [f"channel {i}" for i in range(heads)])
+    return sigmoid, (names if not sigmoid else [f"channel {i}" for i in range(output_heads(package))])
+
+
+def output_heads(package: ModelPackage) -> int:
+    """Output channels of one network (an ensemble stacks one such block per fold)."""
+    return int(package.network_config.get("heads") or package.network_config["num_classes"])
+
+
+def window_labels(logits: np.ndarray, heads: int, sigmoid: bool) -> np.ndarray:
+    """Labels of window logits ``(N, K, *patch)``; an ensemble's fold-stacked logits (``K = folds * heads``) are
+    first averaged over the folds, as its pipeline combines them (nnU-Net averages the folds' logits)."""
+    folds = logits.shape[1] // heads
+    if folds > 1:
+        logits = logits.reshape(logits.shape[0], folds, heads, *logits.shape[2:]).mean(axis=1)
+    return labels_from_logits(logits, sigmoid)
 
 
 def _engines(package: ModelPackage, windows: np.ndarray) -> tuple[tuple[str, Logits], dict]:
@@ -116,7 +131,7 @@ def _int8_engine(package: ModelPackage, windows: np.ndarray) -> tuple[str, Logit
     return "onnxruntime", lambda x: session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
-def _openvino_checks(package: ModelPackage, windows: np.ndarray, reference: np.ndarray, sigmoid: bool,
+def _openvino_checks(package: ModelPackage, windows: np.ndarray, reference: np.ndarray, output: tuple[int, bool],
                      names: list[str], say: Callable[[str], None]) -> dict:  # fmt: skip
     """OpenVINO's own bf16 (and int8, on the int8 export) agreement with the fp32 reference, where OpenVINO and
     the exports are there: its kernels round differently from torch's autocast and ONNX Runtime's int8."""
@@ -127,16 +142,16 @@ def _openvino_checks(package: ModelPackage, windows: np.ndarray, reference: np.n
     checks = {}
     for precision, path in (("bf16", package.onnx_path), ("int8", int8_path(package))):
         if not path.is_file() or (precision == "bf16" and not cpu_features().native_bf16):
-            continue  # no int8 export (imported models); bf16 emulated where the CPU lacks it: not measured
-        logits = OpenVinoSession(path, precision).run(None, {INPUT_NAME: windows})[0]
-        checks[precision] = _measured(precision, "openvino", reference, logits, sigmoid, names, say)
+            continue  # no int8 export (not made); bf16 emulated where the CPU lacks it: not measured
+        labels = window_labels(OpenVinoSession(path, precision).run(None, {INPUT_NAME: windows})[0], *output)
+        checks[precision] = _measured(precision, "openvino", reference, labels, output[1], names, say)
     return checks
 
 
-def _measured(precision: str, engine: str, reference: np.ndarray, logits: np.ndarray, sigmoid: bool,
+def _measured(precision: str, engine: str, reference: np.ndarray, labels: np.ndarray, sigmoid: bool,
               names: list[str], say: Callable[[str], None]) -> dict:  # fmt: skip
-    """The agreement record of ``logits`` (``precision`` on ``engine``) with the fp32 labels, reported in one line."""
-    record = agreement(reference, labels_from_logits(logits, sigmoid), names, sigmoid)
+    """The agreement record of ``labels`` (``precision`` on ``engine``) with the fp32 ones, reported in one line."""
+    record = agreement(reference, labels, names, sigmoid)
     say(f"{precision} ({engine}): foreground agreement {100 * record['foreground_agreement']:.3f} %, min Dice "
         f"{record['min_dice']:.4f} -> {'validated' if record['validated'] else 'not validated'}")  # fmt: skip
     return {"engine": engine, **record}
