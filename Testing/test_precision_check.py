@@ -234,7 +234,7 @@ def test_a_users_own_case_can_be_the_judge(checked, tmp_path, capsys):
     capsys.readouterr()
     args = ["models", "validate-precision", str(folder), "--image", str(case), "--image", str(case)]
     assert cli.main(args) == 1
-    assert "takes 1 input(s) (CT); got 2 image(s)" in capsys.readouterr().err
+    assert "reads 1 image(s) (CT), in this order; got 2. Give one image per input." in capsys.readouterr().err
 
 
 def test_an_ensembles_labels_come_from_its_fold_averaged_logits():

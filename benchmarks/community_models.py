@@ -13,11 +13,11 @@ repetitions (contender order rotates per repetition): nnU-Net with ``-npp 1 -nps
 folds, with and without TTA), and ``unetseg predict --device cpu`` with the same folds and TTA on torch, ONNX
 Runtime and OpenVINO (the last two torch-free, on the same ONNX export), each with ``--precision fp32`` (nnU-Net's
 arithmetic) and ``--precision auto`` (the default: a lower precision where the check validated it on that engine
-and this CPU computes it natively). Printed per
-configuration and command: what ran (engine, precision), the median wall time and its ratio to nnU-Net's, the peak
-memory of the command's whole process tree (sampled every 0.1 s; nnU-Net's worker processes count) as summed RSS
-and as summed PSS (shared library pages divided among the processes mapping them), and the smallest per-label Dice
-between the command's labels and nnU-Net's. Needs ``nnunetv2`` in this interpreter (the Makefile installs it):
+and this CPU computes it natively). Printed per configuration and command: what ran (engine, precision), the
+median wall time and its ratio to nnU-Net's, the peak memory of the command's whole process tree (sampled every
+0.1 s; nnU-Net's worker processes count) as summed RSS and as summed PSS (shared library pages divided among the
+processes mapping them), and the smallest per-label Dice between the command's labels and nnU-Net's. Needs
+``nnunetv2`` in this interpreter (the Makefile installs it):
 
     python benchmarks/community_models.py --work /tmp/unetseg-community [--reps 3] [--heavy-reps 1] [--ours ...]
         [--validate-on-case]
@@ -46,7 +46,7 @@ LABELS = {"background": 0, "organ": 1, "bone": 2}
 TRAIN_SPACING, TRAIN_SHAPE = (1.6, 1.6, 2.0), (80, 128, 128)  # x, y, z mm; z, y, x voxels
 CT_SPACING, CT_SHAPE = (0.8, 0.8, 0.8), (200, 256, 256)  # the benchmark CT: 256x256x200
 # ours: "backend precision"; fp32 is nnU-Net's arithmetic, auto what `unetseg predict` runs by default (a lower
-# precision where the import's check validated it on that engine and this CPU computes it natively)
+# precision where validate-precision validated it on that engine and this CPU computes it natively)
 OURS = tuple(f"{backend} {precision}" for precision in ("fp32", "auto") for backend in ("torch", "onnx", "openvino"))
 ENGINE_LINE = re.compile(r"engine: (\S+) .*?precision (\w+)")
 HEAVY = "5 folds, TTA"  # 40 network passes per command: ``--heavy-reps`` may run it fewer times

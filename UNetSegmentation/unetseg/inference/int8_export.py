@@ -66,7 +66,6 @@ def quantize_int8(package: ModelPackage, windows: np.ndarray) -> Path:
     return target
 
 
-
 def calibration_bytes(model_path: Path, window_shape: Sequence[int]) -> int:
     """Bytes of the convolution inputs and outputs that calibrating one window of ``window_shape`` (N, C, *patch)
     holds, from ONNX shape inference on the export."""

@@ -43,7 +43,11 @@ def check_precisions(package: ModelPackage, count: int = DEFAULT_WINDOWS, write:
     reference_engine, engines = _engines(package, sample.windows)
     sigmoid, names = output_kind(package)
     heads = output_heads(package)
-    reference = window_labels(reference_engine[1](sample.windows), heads, sigmoid)
+
+    def labels_of(logits: np.ndarray) -> np.ndarray:
+        return window_labels(logits, heads, sigmoid)
+
+    reference = labels_of(reference_engine[1](sample.windows))
     checked = {}
     for precision in LOWER_PRECISIONS:
         engine = engines.get(precision)
@@ -52,9 +56,9 @@ def check_precisions(package: ModelPackage, count: int = DEFAULT_WINDOWS, write:
             say(f"{precision}: not checked ({engine})")
             continue
         name, run = engine
-        labels = window_labels(run(sample.windows), heads, sigmoid)
-        checked[precision] = _measured(precision, name, reference, labels, sigmoid, names, say)
-    by_openvino = _openvino_checks(package, sample.windows, reference, (heads, sigmoid), names, say)
+        checked[precision] = _measured(precision, name, reference, labels_of(run(sample.windows)), sigmoid, names,
+                                       say)  # fmt: skip
+    by_openvino = _openvino_checks(package, sample.windows, reference, labels_of, sigmoid, names, say)
     result = {
         "reference": f"fp32 ({reference_engine[0]})",
         "windows": len(sample.windows),
@@ -131,8 +135,9 @@ def _int8_engine(package: ModelPackage, windows: np.ndarray) -> tuple[str, Logit
     return "onnxruntime", lambda x: session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
-def _openvino_checks(package: ModelPackage, windows: np.ndarray, reference: np.ndarray, output: tuple[int, bool],
-                     names: list[str], say: Callable[[str], None]) -> dict:  # fmt: skip
+def _openvino_checks(package: ModelPackage, windows: np.ndarray, reference: np.ndarray,
+                     labels_of: Callable[[np.ndarray], np.ndarray], sigmoid: bool, names: list[str],
+                     say: Callable[[str], None]) -> dict:  # fmt: skip
     """OpenVINO's own bf16 (and int8, on the int8 export) agreement with the fp32 reference, where OpenVINO and
     the exports are there: its kernels round differently from torch's autocast and ONNX Runtime's int8."""
     if importlib.util.find_spec("openvino") is None or not package.onnx_path.is_file():
@@ -143,8 +148,8 @@ def _openvino_checks(package: ModelPackage, windows: np.ndarray, reference: np.n
     for precision, path in (("bf16", package.onnx_path), ("int8", int8_path(package))):
         if not path.is_file() or (precision == "bf16" and not cpu_features().native_bf16):
             continue  # no int8 export (not made); bf16 emulated where the CPU lacks it: not measured
-        labels = window_labels(OpenVinoSession(path, precision).run(None, {INPUT_NAME: windows})[0], *output)
-        checks[precision] = _measured(precision, "openvino", reference, labels, output[1], names, say)
+        labels = labels_of(OpenVinoSession(path, precision).run(None, {INPUT_NAME: windows})[0])
+        checks[precision] = _measured(precision, "openvino", reference, labels, sigmoid, names, say)
     return checks
 
 

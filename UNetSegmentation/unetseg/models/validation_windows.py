@@ -20,6 +20,7 @@ from unetseg.inference.limits import WorkLimits
 from unetseg.inference.linear_resampling import resample_linear
 from unetseg.inference.monai_geometry import monai_volume
 from unetseg.inference.nnunet_prepare import NnUNetRules, preprocess
+from unetseg.inference.predictor import check_inputs
 from unetseg.inference.prepare import Preparation, prepare
 from unetseg.inference.windows import WindowSettings, pad_to_roi, window_slices
 from unetseg.io import read_images
@@ -47,9 +48,7 @@ def validation_windows(package: ModelPackage, count: int = DEFAULT_WINDOWS,
     if images is None:
         images, source = input_images(package)
     else:
-        if len(images) != len(package.input_names):
-            raise ValueError(f"Model '{package.name}' takes {len(package.input_names)} input(s) "
-                             f"({', '.join(package.input_names)}); got {len(images)} image(s).")
+        check_inputs(images, package)
         spacing = tuple(round(float(v), 3) for v in images[0].spacing)
         source = f"the user's case (size {images[0].size}, spacing {spacing} mm)"
     volume = network_input(images, package)
