@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from unetseg.cpu_features import CpuFeatures, detect, flags_from_torch, parse_cpuinfo
-from unetseg.inference.precision import agreement, choose, labels_from_logits
+from unetseg.inference.precision import agreement, choose, labels_from_logits, without
 
 SAPPHIRE_RAPIDS = "fpu avx avx2 fma avx512f avx512_bf16 avx512_vnni avx512_fp16 amx_tile amx_bf16 amx_int8"
 ZEN4 = "fpu avx avx2 fma avx512f avx512dq avx512_bf16 avx512_vnni"
@@ -132,6 +132,22 @@ def test_auto_keeps_fp32_where_the_model_failed_or_was_never_checked():
     # a checked model whose bf16 failed falls back to its validated fp16 on a GPU
     only_fp16 = {"checked": {"bf16": {"validated": False}, "fp16": VALIDATED["checked"]["fp16"]}}
     assert choose("auto", "torch", "cuda", _cpu(ZEN2), only_fp16, cuda_bf16=True).precision == "fp16"
+
+
+def test_a_tta_run_takes_the_record_judged_on_its_mirrored_mean():
+    """int8 refused for one pass but validated on the mean of the mirrored copies runs only where TTA runs; a
+    precision validated for one pass holds for both; without its export, int8 is out of every record set."""
+    records = {"checked": {"int8": {"validated": False, "foreground_agreement": 0.974, "min_dice": 0.979}},
+               "mirrored": {"axes": [0, 1, 2], "checked": {"int8": {"validated": True, "tta": True,
+                                                                    "foreground_agreement": 0.996,
+                                                                    "min_dice": 0.996}}}}  # fmt: skip
+    single = choose("auto", "onnx", "cpu", _cpu(ZEN4), records)
+    assert single.precision == "fp32" and "int8 failed" in single.reason
+    mirrored = choose("auto", "onnx", "cpu", _cpu(ZEN4), records, mirrored=True)
+    assert mirrored.precision == "int8" and "99.60 % on the TTA mean" in mirrored.reason
+    assert choose("auto", "torch", "cpu", _cpu(ZEN4), VALIDATED, mirrored=True).precision == "bf16"
+    assert choose("auto", "onnx", "cpu", _cpu(ZEN4), without(records, "int8"), mirrored=True).precision == "fp32"
+    assert without(records, "int8")["mirrored"] == {"axes": [0, 1, 2], "checked": {}}
 
 
 def test_an_explicit_precision_is_honoured_where_the_engine_runs_it():

@@ -62,17 +62,84 @@ def test_windows_come_from_a_synthetic_phantom_of_the_modality_or_the_bundled_sa
     assert spleen.source == "bundled sample spleen2"
 
 
-def test_int8_calibration_that_would_not_fit_in_memory_is_refused_not_killed(checked, monkeypatch):
-    """Calibration holds every convolution's input and output of one window (measured from the export's shapes:
-    at least the window and the logits, twice as much for a window twice as large); where that exceeds the share of
-    this machine's memory, the int8 check is recorded as not run instead of the process being killed."""
+def test_int8_calibration_measures_orts_ranges_a_group_at_a_time_and_refuses_what_cannot_fit(checked, monkeypatch):
+    """ONNX Runtime's calibrator holds every convolution input and output of a window at once (11.5 GiB for a
+    five-fold nnU-Net ensemble): ours measures the same ranges in groups that fit the memory share, and where one
+    activation alone exceeds it the int8 check is recorded as not run instead of the process being killed."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, create_calibrator
+
     package, _ = checked
-    one = int8_export.calibration_bytes(package.onnx_path, (1, 1, 16, 32, 32))
-    assert one >= 4 * (16 * 32 * 32) * (1 + 3)
-    assert int8_export.calibration_bytes(package.onnx_path, (1, 1, 32, 32, 32)) == 2 * one
-    monkeypatch.setattr(int8_export, "physical_memory_bytes", lambda: one / int8_export.CALIBRATION_MEMORY_SHARE - 1)
+    windows = validation_windows(package, 2).windows
+    model = onnx.load(str(package.onnx_path))
+    sizes = int8_export.calibration_tensors(model, (1, *windows.shape[1:]))
+    assert 4 * 3 * 16 * 32 * 32 in sizes.values() and len(sizes) > 20  # the head's logits among them
+    calibrator = create_calibrator(package.onnx_path, list(int8_export.QUANTISED_OPS),
+                                   augmented_model_path=str(package.path.parent / "augmented.onnx"),
+                                   calibrate_method=CalibrationMethod.MinMax)
+    calibrator.collect_data(_Reader(windows))
+    theirs = calibrator.compute_data()
+    monkeypatch.setattr(int8_export, "physical_memory_bytes",
+                        lambda: max(sizes.values()) / int8_export.CALIBRATION_MEMORY_SHARE)  # several groups
+    assert len(int8_export._groups(sizes, max(sizes.values()))) > 3
+    ours = int8_export.tensor_ranges(model, windows)
+    assert set(theirs) - set(ours) == {"image"} and set(ours) <= set(theirs)  # the image feeds an fp32 conv
+    for name, (low, high) in ours.items():
+        assert np.allclose([low, high], np.ravel(theirs[name].range_value), rtol=1e-5, atol=1e-6), name
+    monkeypatch.setattr(int8_export, "physical_memory_bytes",
+                        lambda: max(sizes.values()) / int8_export.CALIBRATION_MEMORY_SHARE - 1)
     int8 = check_precisions(package, count=1, write=False)["checked"]["int8"]
-    assert "calibrating int8 would hold" in int8["not_checked"], int8
+    assert "calibrating int8 would hold a" in int8["not_checked"], int8
+
+
+class _Reader:
+    """ONNX Runtime's calibration data reader over windows."""
+
+    def __init__(self, windows: np.ndarray) -> None:
+        self._items = iter({"image": w[None]} for w in windows)
+
+    def get_next(self) -> dict | None:
+        return next(self._items, None)
+
+
+def test_the_int8_export_keeps_the_convolutions_on_the_image_and_the_logits_in_fp32(checked):
+    """The first convolution and the logits head stay fp32 (cheap, and the most sensitive); the others run int8."""
+    import onnx
+
+    package, _ = checked
+    graph = onnx.load(str(int8_path(package))).graph
+    producer = {name: node.op_type for node in graph.node for name in node.output}
+    convolutions = [n for n in graph.node if n.op_type in ("Conv", "ConvTranspose")]
+    fp32 = [n for n in convolutions if producer.get(n.input[1]) != "DequantizeLinear"]
+    shapes = {tensor.name: list(tensor.dims) for tensor in graph.initializer}
+    assert len(fp32) == 2 and fp32[0].input[0] == "image", [n.name for n in fp32]
+    assert shapes[fp32[0].input[1]][:2] == [shapes[fp32[0].input[1]][0], 1]  # one input channel: the CT
+    assert shapes[fp32[1].input[1]][0] == 3  # three output channels: the logits
+    assert len(convolutions) > 10
+
+
+def test_a_tta_model_has_its_refused_precisions_judged_again_on_the_mirrored_mean(checked, tmp_path):
+    """A model that mirrors by default (as nnU-Net's do) gets, for each precision refused for one pass, a second
+    record on the mean of its mirrored copies against fp32's mean; validated ones are not run again."""
+    package, _ = checked
+    shutil.copytree(package.path, tmp_path / "m")
+    manifest = json.loads(json.dumps(package.manifest))
+    manifest["inference"].update({"tta": True, "mirror_axes": [1, 2]})
+    (tmp_path / "m" / "model.json").write_text(json.dumps(manifest), encoding="utf-8")
+    lines: list[str] = []
+    record = check_precisions(load_package(tmp_path / "m"), count=1, write=False, report=lines.append)
+    single = {(key, p): r for key in ("checked", "openvino") for p, r in record.get(key, {}).items()}
+    refused = {k for k, r in single.items() if "not_checked" not in r and not r["validated"]}
+    assert refused, single  # a random network's int8 moves labels
+    again = record["mirrored"]
+    assert again["axes"] == [1, 2] and any("mean of 4 mirrored copies" in line for line in lines)
+    assert {(key, p) for key in ("checked", "openvino") for p in again.get(key, {})} == refused
+    for key, precision in refused:
+        entry = again[key][precision]
+        assert entry["tta"] and entry["engine"] == single[key, precision]["engine"] and entry["foreground_voxels"]
+        assert entry["foreground_agreement"] != single[key, precision]["foreground_agreement"]
+    plain = check_precisions(package, count=1, write=False)
+    assert "mirrored" not in plain  # a model without TTA by default: one pass only
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from unetseg.cpu_features import cpu_features
-from unetseg.inference.precision import RECORD_SETS, Choice, choose
+from unetseg.inference.precision import Choice, choose, without
 from unetseg.inference.windows import WindowSettings
 from unetseg.models.package import ModelPackage
 from unetseg.vocabulary import BACKENDS, check_choice
@@ -99,10 +99,10 @@ def with_precision(
     kind = device_type(backend, settings.device)
     records = package.inference.get("precision")
     int8_ready = int8_path(package).is_file()
-    if not int8_ready and records is not None:
-        records = {key: {k: v for k, v in value.items() if k != "int8"} if key in RECORD_SETS.values() else value
-                   for key, value in records.items()}  # fmt: skip
-    choice = choose(requested, backend, kind, cpu_features(), records, _cuda_bf16(backend, kind))
+    if not int8_ready:
+        records = without(records, "int8")
+    choice = choose(requested, backend, kind, cpu_features(), records, _cuda_bf16(backend, kind),
+                    mirrored=bool(settings.mirror_axes))  # fmt: skip
     if choice.precision == "int8" and not int8_ready:
         raise ValueError(
             f"Model '{package.name}' has no int8 export ({int8_path(package).name}); make it with "

@@ -20,7 +20,7 @@ class MirroredTiles:
     """Tiles ``(B, C, *patch)`` → logits ``(B, K, *patch)``, float32, averaged over the mirrored copies."""
 
     def __init__(self, forward: Callable[[np.ndarray], np.ndarray], mirror_sets: Sequence[tuple[int, ...]],
-                 copies: int, run: Any) -> None:
+                 copies: int, run: Any = None) -> None:
         self.forward, self.run = forward, run
         self.flips = [tuple(a + 2 for a in axes) for axes in mirror_sets]
         self.copies = max(1, copies)
@@ -37,5 +37,6 @@ class MirroredTiles:
                 total = part.astype(np.float32, copy=True) if total is None else np.add(total, part, out=total)
         if len(self.flips) > 1:
             total /= np.float32(len(self.flips))
-        self.run.advance(n)
+        if self.run is not None:  # the predictor's progress
+            self.run.advance(n)
         return total

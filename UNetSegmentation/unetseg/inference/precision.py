@@ -35,11 +35,28 @@ ENGINE_PRECISIONS = {
 # Where the records of each engine are: OpenVINO's bf16 and int8 kernels round differently from torch's autocast and
 # ONNX Runtime's int8, so it is validated on its own ("openvino"); torch and ONNX Runtime share "checked".
 RECORD_SETS = {"torch": "checked", "onnx": "checked", "openvino": "openvino"}
+# Where the records of precisions judged again on a TTA model's mirrored mean are (the same sets inside).
+MIRRORED = "mirrored"
 
 
-def engine_records(records: dict | None, engine: str) -> dict:
-    """The per-precision agreement records that hold for ``engine`` (empty when it was never checked)."""
-    return (records or {}).get(RECORD_SETS.get(engine, "checked"), {})
+def engine_records(records: dict | None, engine: str, mirrored: bool = False) -> dict:
+    """The per-precision agreement records that hold for ``engine`` (empty when it was never checked); with
+    ``mirrored`` (TTA runs) a precision judged again on the mirrored mean takes that record."""
+    key = RECORD_SETS.get(engine, "checked")
+    single = (records or {}).get(key, {})
+    return {**single, **((records or {}).get(MIRRORED) or {}).get(key, {})} if mirrored else single
+
+
+def without(records: dict | None, precision: str) -> dict | None:
+    """``records`` with ``precision`` taken out of every record set (e.g. int8 whose export is not there)."""
+    if records is None:
+        return None
+
+    def drop(section: dict) -> dict:
+        return {key: ({k: v for k, v in value.items() if k != precision} if key in RECORD_SETS.values() else value)
+                for key, value in section.items()}  # fmt: skip
+
+    return {**drop(records), **({MIRRORED: drop(records[MIRRORED])} if MIRRORED in records else {})}
 
 
 @dataclass(frozen=True)
@@ -77,17 +94,19 @@ def choose(
     features: CpuFeatures,
     records: dict | None,
     cuda_bf16: bool = False,
+    mirrored: bool = False,
 ) -> Choice:
     """The precision to run: as asked (where ``engine`` on ``device_type`` supports it), or `auto`'s choice.
 
-    ``records`` is the manifest's ``inference.precision`` section (None: never validated).
+    ``records`` is the manifest's ``inference.precision`` section (None: never validated); ``mirrored``: the run
+    averages mirrored copies (TTA), so a precision judged again on that mean is chosen by that record.
     """
     check_choice("precision", requested, PRECISIONS)
     possible = ENGINE_PRECISIONS.get((engine, device_type), ())
     if requested != "auto":
         if requested != FP32 and requested not in possible:
             raise ValueError(_unsupported(requested, engine, device_type))
-        checked = engine_records(records, engine)
+        checked = engine_records(records, engine, mirrored)
         note = "" if requested == FP32 or validated(checked.get(requested)) else ", not validated for this model"
         return Choice(requested, f"as asked{note}")
     fast = [p for p in possible if native(p, device_type, features, cuda_bf16)]
@@ -95,7 +114,7 @@ def choose(
         if device_type == "cuda" and fast:  # CUDA's mixed precision, as before validation existed
             return Choice(fast[0], "CUDA autocast (the model has no precision validation)")
         return Choice(FP32, "the model has no precision validation (unetseg models validate-precision NAME)")
-    checked = engine_records(records, engine)
+    checked = engine_records(records, engine, mirrored)
     for precision in fast:
         if validated(checked.get(precision)):
             return Choice(precision, f"fastest validated ({_agreement(checked[precision])})")
@@ -114,7 +133,8 @@ def _failed(record: dict | None) -> bool | None:
 
 
 def _agreement(record: dict) -> str:
-    return f"foreground agreement {100 * record['foreground_agreement']:.2f} %, min Dice {record['min_dice']:.4f}"
+    mean = " on the TTA mean" if record.get("tta") else ""
+    return f"foreground agreement {100 * record['foreground_agreement']:.2f} %{mean}, min Dice {record['min_dice']:.4f}"
 
 
 def _unsupported(precision: str, engine: str, device_type: str) -> str:

@@ -22,8 +22,10 @@ from unetseg.cpu_features import cpu_features
 from unetseg.image import Image
 from unetseg.inference.engines import int8_path
 from unetseg.inference.int8_export import calibration_too_large, quantize_int8
+from unetseg.inference.mirroring import MirroredTiles
 from unetseg.inference.onnx_backend import INPUT_NAME, open_session
-from unetseg.inference.precision import agreement, labels_from_logits
+from unetseg.inference.precision import MIRRORED, RECORD_SETS, agreement, labels_from_logits
+from unetseg.inference.windows import WindowSettings
 from unetseg.io.atomic import atomic_write
 from unetseg.models.manifest import MANIFEST_FILE, validate_manifest
 from unetseg.models.package import ModelPackage, load_package
@@ -36,41 +38,64 @@ Logits = Callable[[np.ndarray], np.ndarray]
 def check_precisions(package: ModelPackage, count: int = DEFAULT_WINDOWS, write: bool = True,
                      report: Callable[[str], None] | None = None, images: list[Image] | None = None) -> dict:
     """Measure each lower precision against fp32 on ``count`` windows (of ``images``, one per model input, where
-    given); return the record (and write it into the package's manifest with ``write``)."""
+    given); return the record (and write it into the package's manifest with ``write``).
+
+    A model that runs test-time mirroring by default (nnU-Net's) has the precisions refused for one pass judged
+    again on the mean over its mirrored copies, the run its users get: recorded under ``mirrored`` and read by
+    ``auto`` when TTA runs. A precision validated for one pass is not re-run (its mirrored mean averages
+    validated passes).
+    """
     say = report or (lambda _line: None)
     sample = validation_windows(package, count, images)
     say(f"{len(sample.windows)} window(s) of {sample.source}")
-    reference_engine, engines = _engines(package, sample.windows)
+    (reference_name, reference_run), engines = _engines(package, sample.windows)
     sigmoid, names = output_kind(package)
     heads = output_heads(package)
 
-    def labels_of(logits: np.ndarray) -> np.ndarray:
-        return window_labels(logits, heads, sigmoid)
+    def measure(runs: dict, reference: np.ndarray, mirror: list | None) -> dict:
+        records = {}
+        for precision, engine in runs.items():
+            if isinstance(engine, str):
+                records[precision] = {"validated": False, "not_checked": engine}
+                say(f"{precision}: not checked ({engine})")
+                continue
+            name, run = engine
+            logits = (MirroredTiles(run, mirror, 1) if mirror else run)(sample.windows)
+            records[precision] = _measured(precision, name, reference, window_labels(logits, heads, sigmoid),
+                                           sigmoid, names, say, bool(mirror))  # fmt: skip
+        return records
 
-    reference = labels_of(reference_engine[1](sample.windows))
-    checked = {}
-    for precision in LOWER_PRECISIONS:
-        engine = engines.get(precision)
-        if isinstance(engine, str):
-            checked[precision] = {"validated": False, "not_checked": engine}
-            say(f"{precision}: not checked ({engine})")
-            continue
-        name, run = engine
-        checked[precision] = _measured(precision, name, reference, labels_of(run(sample.windows)), sigmoid, names,
-                                       say)  # fmt: skip
-    by_openvino = _openvino_checks(package, sample.windows, reference, labels_of, sigmoid, names, say)
+    reference = window_labels(reference_run(sample.windows), heads, sigmoid)
+    records = {key: measure(runs, reference, None) for key, runs in engines.items()}
     result = {
-        "reference": f"fp32 ({reference_engine[0]})",
+        "reference": f"fp32 ({reference_name})",
         "windows": len(sample.windows),
         "input": sample.source,
         "rule": f"foreground agreement >= {MIN_FOREGROUND_AGREEMENT}, Dice >= {MIN_LABEL_DICE} for every label",
         "date": datetime.date.today().isoformat(),
-        "checked": checked,
-        **({"openvino": by_openvino} if by_openvino else {}),
+        **{key: value for key, value in records.items() if value},
     }
+    refused = {key: {p: engines[key][p] for p, r in value.items() if "not_checked" not in r and not r["validated"]}
+               for key, value in records.items()}  # fmt: skip
+    mirror = tta_mirror_sets(package)
+    if mirror and any(refused.values()):
+        say(f"judging the refused precisions again on the mean of {len(mirror)} mirrored copies (the model's TTA)")
+        reference = window_labels(MirroredTiles(reference_run, mirror, 1)(sample.windows), heads, sigmoid)
+        again = {key: measure(runs, reference, mirror) for key, runs in refused.items() if runs}
+        result[MIRRORED] = {"axes": list(package.inference["mirror_axes"]), **again}
     if write:
         record_in_manifest(package, result)
     return result
+
+
+def tta_mirror_sets(package: ModelPackage) -> list[tuple[int, ...]]:
+    """The mirrored copies the model's default run averages (none: the model does not run TTA by default)."""
+    inference = package.inference
+    if not inference.get("tta") or not inference.get("mirror_axes"):
+        return []
+    axes = tuple(int(a) for a in inference["mirror_axes"])
+    return WindowSettings(spatial_dims=package.spatial_dims, roi_size=(), label_values=(0,),
+                          mirror_axes=axes).mirror_sets()  # fmt: skip
 
 
 def output_kind(package: ModelPackage) -> tuple[bool, list[str]]:
@@ -102,7 +127,8 @@ def window_labels(logits: np.ndarray, heads: int, sigmoid: bool) -> np.ndarray:
 
 
 def _engines(package: ModelPackage, windows: np.ndarray) -> tuple[tuple[str, Logits], dict]:
-    """The fp32 reference and, per lower precision, ``(engine name, logits function)`` or why it cannot run."""
+    """The fp32 reference, and per record set (``checked``; ``openvino`` where installed) and lower precision,
+    ``(engine name, logits function)`` or why it cannot run."""
     torch_ok = importlib.util.find_spec("torch") is not None
     engines: dict = {}
     if torch_ok:
@@ -119,7 +145,8 @@ def _engines(package: ModelPackage, windows: np.ndarray) -> tuple[tuple[str, Log
     if not torch_ok:
         session = open_session(package, "cpu")
         reference = ("onnxruntime", lambda x: session.run(None, {session.get_inputs()[0].name: x})[0])
-    return reference, engines
+    return reference, {RECORD_SETS["torch"]: {p: engines[p] for p in LOWER_PRECISIONS},
+                       RECORD_SETS["openvino"]: _openvino_engines(package)}  # fmt: skip
 
 
 def _int8_engine(package: ModelPackage, windows: np.ndarray) -> tuple[str, Logits] | str:
@@ -135,30 +162,30 @@ def _int8_engine(package: ModelPackage, windows: np.ndarray) -> tuple[str, Logit
     return "onnxruntime", lambda x: session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
-def _openvino_checks(package: ModelPackage, windows: np.ndarray, reference: np.ndarray,
-                     labels_of: Callable[[np.ndarray], np.ndarray], sigmoid: bool, names: list[str],
-                     say: Callable[[str], None]) -> dict:  # fmt: skip
-    """OpenVINO's own bf16 (and int8, on the int8 export) agreement with the fp32 reference, where OpenVINO and
-    the exports are there: its kernels round differently from torch's autocast and ONNX Runtime's int8."""
+def _openvino_engines(package: ModelPackage) -> dict:
+    """OpenVINO's own bf16 (and int8, on the int8 export) where OpenVINO and the exports are there: its kernels
+    round differently from torch's autocast and ONNX Runtime's int8."""
     if importlib.util.find_spec("openvino") is None or not package.onnx_path.is_file():
         return {}
     from unetseg.inference.openvino_backend import OpenVinoSession  # lazy: OpenVINO
 
-    checks = {}
+    engines = {}
     for precision, path in (("bf16", package.onnx_path), ("int8", int8_path(package))):
         if not path.is_file() or (precision == "bf16" and not cpu_features().native_bf16):
             continue  # no int8 export (not made); bf16 emulated where the CPU lacks it: not measured
-        labels = labels_of(OpenVinoSession(path, precision).run(None, {INPUT_NAME: windows})[0])
-        checks[precision] = _measured(precision, "openvino", reference, labels, sigmoid, names, say)
-    return checks
+        session = OpenVinoSession(path, precision)
+        engines[precision] = ("openvino", lambda x, s=session: s.run(None, {INPUT_NAME: x})[0])
+    return engines
 
 
 def _measured(precision: str, engine: str, reference: np.ndarray, labels: np.ndarray, sigmoid: bool,
-              names: list[str], say: Callable[[str], None]) -> dict:  # fmt: skip
-    """The agreement record of ``labels`` (``precision`` on ``engine``) with the fp32 ones, reported in one line."""
-    record = agreement(reference, labels, names, sigmoid)
-    say(f"{precision} ({engine}): foreground agreement {100 * record['foreground_agreement']:.3f} %, min Dice "
-        f"{record['min_dice']:.4f} -> {'validated' if record['validated'] else 'not validated'}")  # fmt: skip
+              names: list[str], say: Callable[[str], None], mirrored: bool = False) -> dict:  # fmt: skip
+    """The agreement record of ``labels`` (``precision`` on ``engine``; ``mirrored``: their TTA mean) with the fp32
+    ones, reported in one line."""
+    record = {**agreement(reference, labels, names, sigmoid), **({"tta": True} if mirrored else {})}
+    verdict = "validated" if record["validated"] else "not validated"
+    say(f"{precision} ({engine}{', TTA' if mirrored else ''}): foreground agreement "
+        f"{100 * record['foreground_agreement']:.3f} %, min Dice {record['min_dice']:.4f} -> {verdict}")
     return {"engine": engine, **record}
 
 
