@@ -118,16 +118,24 @@ def test_the_int8_export_keeps_the_convolutions_on_the_image_and_the_logits_in_f
     assert len(convolutions) > 10
 
 
-def test_a_tta_model_has_its_refused_precisions_judged_again_on_the_mirrored_mean(checked, tmp_path):
+def test_a_tta_model_has_its_refused_precisions_judged_again_on_the_mirrored_mean(checked, tmp_path, capsys):
     """A model that mirrors by default (as nnU-Net's do) gets, for each precision refused for one pass, a second
-    record on the mean of its mirrored copies against fp32's mean; validated ones are not run again."""
+    record on the mean of its mirrored copies against fp32's mean; validated ones are not run again. The command's
+    last line names every precision validated, for one pass or with TTA."""
     package, _ = checked
     shutil.copytree(package.path, tmp_path / "m")
     manifest = json.loads(json.dumps(package.manifest))
     manifest["inference"].update({"tta": True, "mirror_axes": [1, 2]})
     (tmp_path / "m" / "model.json").write_text(json.dumps(manifest), encoding="utf-8")
-    lines: list[str] = []
-    record = check_precisions(load_package(tmp_path / "m"), count=1, write=False, report=lines.append)
+    assert cli.main(["models", "validate-precision", str(tmp_path / "m"), "--windows", "1"]) == 0
+    printed = capsys.readouterr()
+    lines = (printed.err + printed.out).splitlines()
+    record = read_manifest(tmp_path / "m")["inference"]["precision"]
+    named = [f"{p}{where}{tta}" for section, tta in ((record, ""), (record["mirrored"], " with TTA"))
+             for key, where in (("checked", ""), ("openvino", " on OpenVINO"))
+             for p, r in section.get(key, {}).items() if r["validated"]]  # fmt: skip
+    assert any(line.endswith(f"validated for {', '.join(['fp32', *named])} (recorded in {tmp_path / 'm'}/model.json)")
+               for line in lines), lines[-3:]  # fmt: skip
     single = {(key, p): r for key in ("checked", "openvino") for p, r in record.get(key, {}).items()}
     refused = {k for k, r in single.items() if "not_checked" not in r and not r["validated"]}
     assert refused, single  # a random network's int8 moves labels

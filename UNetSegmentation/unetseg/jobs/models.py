@@ -6,6 +6,7 @@ from typing import Any
 
 from unetseg.evaluation.variant_figures import figures_listing
 from unetseg.inference.onnx_backend import export_onnx
+from unetseg.inference.precision import MIRRORED
 from unetseg.io import read_images
 from unetseg.jobs.runner import Job
 from unetseg.models.catalog import Catalog
@@ -64,7 +65,9 @@ def run_validate_precision(job: Job, options: dict[str, Any]) -> None:
     images = options.get("images")
     record = check_precisions(package, options["windows"], report=job.log,
                               images=read_images(images) if images else None)
-    allowed = [p for p, r in record["checked"].items() if r.get("validated")]
-    allowed += [f"{p} on OpenVINO" for p, r in record.get("openvino", {}).items() if r.get("validated")]
+    mirrored = record.get(MIRRORED, {})
+    allowed = [f"{p}{where}{tta}" for section, tta in ((record, ""), (mirrored, " with TTA"))
+               for key, where in (("checked", ""), ("openvino", " on OpenVINO"))
+               for p, r in section.get(key, {}).items() if r.get("validated")]  # fmt: skip
     job.result(f"Model {package.name}: validated for fp32{''.join(', ' + p for p in allowed)} "
                f"(recorded in {package.path / 'model.json'})", validated=["fp32", *allowed], record=record)
