@@ -80,14 +80,14 @@ def test_int8_calibration_measures_orts_ranges_a_group_at_a_time_and_refuses_wha
     calibrator.collect_data(_Reader(windows))
     theirs = calibrator.compute_data()
     monkeypatch.setattr(int8_export, "physical_memory_bytes",
-                        lambda: max(sizes.values()) / int8_export.CALIBRATION_MEMORY_SHARE)  # several groups
+                        lambda: 2 * max(sizes.values()) / int8_export.CALIBRATION_MEMORY_SHARE)  # several groups
     assert len(int8_export._groups(sizes, max(sizes.values()))) > 3
     ours = int8_export.tensor_ranges(model, windows)
     assert set(theirs) - set(ours) == {"image"} and set(ours) <= set(theirs)  # the image feeds an fp32 conv
     for name, (low, high) in ours.items():
         assert np.allclose([low, high], np.ravel(theirs[name].range_value), rtol=1e-5, atol=1e-6), name
     monkeypatch.setattr(int8_export, "physical_memory_bytes",
-                        lambda: max(sizes.values()) / int8_export.CALIBRATION_MEMORY_SHARE - 1)
+                        lambda: 2 * max(sizes.values()) / int8_export.CALIBRATION_MEMORY_SHARE - 1)
     int8 = check_precisions(package, count=1, write=False)["checked"]["int8"]
     assert "calibrating int8 would hold a" in int8["not_checked"], int8
 

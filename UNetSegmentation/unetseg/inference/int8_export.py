@@ -25,8 +25,8 @@ from unetseg.io.atomic import atomic_write
 from unetseg.models.package import ModelPackage
 
 QUANTISED_OPS = ("Conv", "ConvTranspose")
-# The calibration tensors of one window held at once stay under this share of the machine's memory (a five-fold
-# nnU-Net ensemble's are 11.5 GiB at 80x128x128); one tensor larger than that is refused.
+# The calibration tensors of one window held at once (with their numpy copies) stay under this share of the
+# machine's memory (a five-fold nnU-Net ensemble's are 11.5 GiB at 80x128x128); one tensor larger is refused.
 CALIBRATION_MEMORY_SHARE = 0.4
 
 
@@ -78,18 +78,19 @@ def kept_fp32(model: Any) -> list[str]:
 
 def tensor_ranges(model: Any, windows: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """ONNX Runtime's MinMax calibration ranges (lowest, highest of each quantised op's float inputs and outputs
-    over ``windows``), measured a group of tensors at a time so that one window's group fits
-    `CALIBRATION_MEMORY_SHARE` of memory. Written here because ONNX Runtime's calibrator keeps every such tensor of
-    a window alive until its reductions run at the end of the graph; a group's tensors are this session's outputs.
+    over ``windows``), measured a group of tensors at a time: a group's tensors are a session's outputs, and they
+    and their copies into numpy stay under `CALIBRATION_MEMORY_SHARE` of memory. Written here because ONNX
+    Runtime's calibrator keeps every such tensor of a window alive until its reductions run at the end of the graph.
     """
     import onnx
     import onnxruntime
 
     sizes = calibration_tensors(model, (1, *windows.shape[1:]))
-    budget = CALIBRATION_MEMORY_SHARE * physical_memory_bytes()
+    budget = CALIBRATION_MEMORY_SHARE * physical_memory_bytes() / 2  # outputs, then their numpy copies
     ranges: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL  # as its calibrator
+    options.enable_cpu_mem_arena = False  # each group's memory back when its run ends
     for group in _groups(sizes, budget):
         augmented = onnx.ModelProto()
         augmented.CopyFrom(model)
@@ -143,12 +144,13 @@ def calibration_tensors(model: Any, window_shape: Sequence[int]) -> dict[str, in
 
 
 def calibration_too_large(model_path: Path, window_shape: Sequence[int]) -> str | None:
-    """Why calibrating would not fit this machine (one tensor over `CALIBRATION_MEMORY_SHARE` of it), or None."""
+    """Why calibrating would not fit this machine (one tensor and its copy over `CALIBRATION_MEMORY_SHARE` of
+    it), or None."""
     import onnx
 
     sizes = calibration_tensors(onnx.load(str(model_path)), window_shape)
-    need, memory = max(sizes.values(), default=0), physical_memory_bytes()
-    if need <= CALIBRATION_MEMORY_SHARE * memory:
+    largest, memory = max(sizes.values(), default=0), physical_memory_bytes()
+    if 2 * largest <= CALIBRATION_MEMORY_SHARE * memory:
         return None
-    return (f"calibrating int8 would hold a {need / 2**30:.1f} GiB activation per window, more than "
-            f"{CALIBRATION_MEMORY_SHARE:.0%} of this machine's {memory / 2**30:.0f} GiB")
+    return (f"calibrating int8 would hold a {largest / 2**30:.1f} GiB activation and its copy per window, more "
+            f"than {CALIBRATION_MEMORY_SHARE:.0%} of this machine's {memory / 2**30:.0f} GiB")

@@ -15,6 +15,7 @@ import datetime
 import importlib.util
 import json
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -144,7 +145,7 @@ def _engines(package: ModelPackage, windows: np.ndarray) -> tuple[tuple[str, Log
     engines["int8"] = _int8_engine(package, windows)
     if not torch_ok:
         session = open_session(package, "cpu")
-        reference = ("onnxruntime", lambda x: session.run(None, {session.get_inputs()[0].name: x})[0])
+        reference = ("onnxruntime", _window_by_window(session))
     return reference, {RECORD_SETS["torch"]: {p: engines[p] for p in LOWER_PRECISIONS},
                        RECORD_SETS["openvino"]: _openvino_engines(package)}  # fmt: skip
 
@@ -159,7 +160,7 @@ def _int8_engine(package: ModelPackage, windows: np.ndarray) -> tuple[str, Logit
         return too_large
     quantize_int8(package, windows)
     session = open_session(package, "cpu", "int8")
-    return "onnxruntime", lambda x: session.run(None, {session.get_inputs()[0].name: x})[0]
+    return "onnxruntime", _window_by_window(session)
 
 
 def _openvino_engines(package: ModelPackage) -> dict:
@@ -174,8 +175,14 @@ def _openvino_engines(package: ModelPackage) -> dict:
         if not path.is_file() or (precision == "bf16" and not cpu_features().native_bf16):
             continue  # no int8 export (not made); bf16 emulated where the CPU lacks it: not measured
         session = OpenVinoSession(path, precision)
-        engines[precision] = ("openvino", lambda x, s=session: s.run(None, {INPUT_NAME: x})[0])
+        engines[precision] = ("openvino", _window_by_window(session))
     return engines
+
+
+def _window_by_window(session: Any) -> Logits:
+    """Logits of windows through an ONNX Runtime or OpenVINO session, one window per run (as torch's): a batch of
+    a five-fold ensemble's windows held several GiB of activations at once."""
+    return lambda x: np.concatenate([session.run(None, {INPUT_NAME: w[np.newaxis]})[0] for w in x])
 
 
 def _measured(precision: str, engine: str, reference: np.ndarray, labels: np.ndarray, sigmoid: bool,
