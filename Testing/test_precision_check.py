@@ -120,14 +120,23 @@ def test_the_int8_export_keeps_the_convolutions_on_the_image_and_the_logits_in_f
 
 def test_a_tta_model_has_its_refused_precisions_judged_again_on_the_mirrored_mean(checked, tmp_path, capsys):
     """A model that mirrors by default (as nnU-Net's do) gets, for each precision refused for one pass, a second
-    record on the mean of its mirrored copies against fp32's mean; validated ones are not run again. The command's
-    last line names every precision validated, for one pass or with TTA."""
+    record on the mean of its mirrored copies against fp32's mean, on a case of the user's own (the phantom passed
+    a borderline int8 that a real case refused); validated ones are not run again. The command's last line names
+    every precision validated, for one pass or with TTA."""
+    import SimpleITK as sitk
+
     package, _ = checked
     shutil.copytree(package.path, tmp_path / "m")
     manifest = json.loads(json.dumps(package.manifest))
     manifest["inference"].update({"tta": True, "mirror_axes": [1, 2]})
     (tmp_path / "m" / "model.json").write_text(json.dumps(manifest), encoding="utf-8")
     assert cli.main(["models", "validate-precision", str(tmp_path / "m"), "--windows", "1"]) == 0
+    assert "only on a case of your own (--image)" in capsys.readouterr().err
+    assert "mirrored" not in read_manifest(tmp_path / "m")["inference"]["precision"]
+    case = tmp_path / "case.nii.gz"
+    sitk.WriteImage(phantoms.ct_phantom(shape=(24, 48, 40), spacing=(1.5, 1.5, 3.0))[0].to_sitk(), str(case))
+    args = ["models", "validate-precision", str(tmp_path / "m"), "--windows", "1", "--image", str(case)]
+    assert cli.main(args) == 0
     printed = capsys.readouterr()
     lines = (printed.err + printed.out).splitlines()
     record = read_manifest(tmp_path / "m")["inference"]["precision"]

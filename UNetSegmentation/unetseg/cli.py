@@ -78,7 +78,7 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     check = _job_parser(actions, "validate-precision", "models:run_validate_precision",
                         "run a few windows of the model's sample in fp32 and in bf16, fp16 and int8, and record the "
                         "label agreement in its manifest (--precision auto uses only the validated ones; a model "
-                        "that mirrors by default has a refused precision judged again on its TTA mean)")
+                        "that mirrors by default has a refused precision judged again on its TTA mean, with --image)")
     check.add_argument("model", help="catalog name or model folder")
     check.add_argument("--windows", type=int, default=3, metavar="N", help="windows to compare (default: 3)")
     check.add_argument("--image", action="append", dest="images", metavar="IMAGE",
