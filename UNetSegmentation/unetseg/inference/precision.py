@@ -7,7 +7,8 @@ each lower precision against fp32 (`unetseg.inference.precision_check` measures 
 of the foreground voxels (foreground in either run) keep their label and every label present keeps a Dice of
 `MIN_LABEL_DICE`. ``auto`` takes the fastest precision that the device computes natively and the model is
 validated for; a model never validated keeps what the predictor did before: fp32 on the CPU, CUDA's bf16/fp16
-autocast on a GPU. An explicit precision is honoured where the engine can run it. Torch-free.
+autocast on a GPU. A run with TTA reads, for a precision judged again on the mirrored mean (``mirrored``), that
+record. An explicit precision is honoured where the engine can run it. Torch-free.
 """
 
 from __future__ import annotations

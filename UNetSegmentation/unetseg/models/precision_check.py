@@ -5,7 +5,8 @@ bf16 and fp16 run in torch (autocast; on a CPU without native bf16 torch emulate
 slower; fp16 is checked only where this CPU has it natively, its emulation taking minutes per large window), int8
 in ONNX Runtime on the statically quantised export that this check makes from the model's ONNX export, calibrated
 on the same windows (`int8_export`); where OpenVINO is installed, its own bf16 and int8 too, recorded apart
-(``openvino``). The reference is torch in fp32 (ONNX Runtime in fp32 where torch is absent).
+(``openvino``). The reference is torch in fp32 (ONNX Runtime in fp32 where torch is absent). A model that mirrors
+by default, checked on the user's own case, has its refused precisions judged again on the mirrored mean.
 `unetseg models validate-precision NAME` runs it, and so does every import.
 """
 
