@@ -27,7 +27,7 @@ from unetseg.inference.int8_export import calibration_too_large, quantize_int8
 from unetseg.inference.mirroring import MirroredTiles
 from unetseg.inference.onnx_backend import INPUT_NAME, open_session
 from unetseg.inference.precision import MIRRORED, RECORD_SETS, agreement, labels_from_logits
-from unetseg.inference.windows import WindowSettings
+from unetseg.inference.predictor import window_settings
 from unetseg.io.atomic import atomic_write
 from unetseg.models.manifest import MANIFEST_FILE, validate_manifest
 from unetseg.models.package import ModelPackage, load_package
@@ -95,13 +95,9 @@ def check_precisions(package: ModelPackage, count: int = DEFAULT_WINDOWS, write:
 
 
 def tta_mirror_sets(package: ModelPackage) -> list[tuple[int, ...]]:
-    """The mirrored copies the model's default run averages (none: the model does not run TTA by default)."""
-    inference = package.inference
-    if not inference.get("tta") or not inference.get("mirror_axes"):
-        return []
-    axes = tuple(int(a) for a in inference["mirror_axes"])
-    return WindowSettings(spatial_dims=package.spatial_dims, roi_size=(), label_values=(0,),
-                          mirror_axes=axes).mirror_sets()  # fmt: skip
+    """The mirrored copies the model's default run averages, as the predictor settles them (none: no TTA)."""
+    settings = window_settings(package, "cpu", None, None)
+    return settings.mirror_sets() if settings.mirror_axes else []
 
 
 def output_kind(package: ModelPackage) -> tuple[bool, list[str]]:
