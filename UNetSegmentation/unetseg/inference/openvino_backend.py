@@ -10,6 +10,7 @@ openvino`` (about 60 MB, no other dependency than its telemetry stub).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,9 +32,7 @@ class OpenVinoSession:
     window shape: a package's windows have one shape, an imported bundle's slice inferer another)."""
 
     def __init__(self, path: Path, precision: str) -> None:
-        import openvino  # lazy: OpenVINO, only when this backend runs
-
-        self.core = openvino.Core()
+        self.core = shared_core()
         self.model = self.core.read_model(str(path))
         self.recorded = _recorded_digest(self.model)
         self.options = {"INFERENCE_PRECISION_HINT": _HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
@@ -48,6 +47,20 @@ class OpenVinoSession:
             self.model.reshape([1, *window])
             self.compiled[window] = self.core.compile_model(self.model, "CPU", self.options)
         return self.compiled[window]
+
+
+@functools.cache
+def shared_core() -> Any:
+    """The process's one OpenVINO Core, kept for its lifetime.
+
+    Each Core's CPU plugin installs its own signal stack for the thread that compiles and, when the Core goes,
+    puts back the one it found: two Cores released in the order they were made (two sessions, the precision
+    check's bf16 and int8) leave the thread on the first one's freed stack, and the next Python signal handler it
+    runs (Ctrl-C, a DataLoader worker's exit) kills the process (seen with OpenVINO 2026.4). One Core never swaps.
+    """
+    import openvino  # lazy: OpenVINO, only when this backend runs
+
+    return openvino.Core()
 
 
 def _recorded_digest(model: Any) -> str | None:
