@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml Testing/requirements-nnunet.txt
 	# imported nnU-Net models build their networks with dynamic-network-architectures; --no-deps: it declares timm,
 	# which pulls torchvision (a CUDA build) and may replace torch, yet its U-Nets never import timm
 	$(PY) -m pip install --no-deps dynamic-network-architectures==0.4.4
+	# ONNX Runtime's OpenVINO build installs in place of onnxruntime: set aside for the tests that run the ONNX path
+	# through its OpenVINO provider in a child process (its dependencies are onnxruntime's, already here)
+	$(PY) -m pip install --no-deps --target $(VENV)/ort-openvino onnxruntime-openvino==1.24.1
 	# the real nnU-Net for the parity tests and benchmarks: its requirements under the installed torch, then itself
 	$(PY) -m pip freeze | grep -i '^torch==' > $(VENV)/torch-constraint.txt
 	$(PY) -m pip install -c $(VENV)/torch-constraint.txt -r Testing/requirements-nnunet.txt

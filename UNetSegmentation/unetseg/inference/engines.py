@@ -21,6 +21,10 @@ from unetseg.vocabulary import BACKENDS, check_choice
 
 INT8_SUFFIX = ".int8.onnx"
 ENGINE_PREFIX = "engine: "  # the progress stage naming the engine and precision that run
+# OpenVINO's inference precision per requested precision (int8 comes from the quantised export itself): for the
+# OpenVINO backend and for ONNX Runtime's OpenVINO execution provider alike.
+OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+OPENVINO_PROVIDER = "OpenVINOExecutionProvider"
 
 
 def int8_path(package: ModelPackage) -> Path:
@@ -70,6 +74,21 @@ def device_type(backend: str, device: str) -> str:
     return resolve_device(device).type
 
 
+def ort_openvino() -> bool:
+    """Whether this ONNX Runtime build has the OpenVINO execution provider (`onnxruntime-openvino`, installed in
+    place of `onnxruntime`): the ONNX path then runs OpenVINO's kernels on the CPU, bf16 included, through ONNX
+    Runtime's API (ONNX Runtime's own CPU kernels have no bf16)."""
+    import onnxruntime  # lazy: ONNX Runtime, only when the ONNX path runs
+
+    return OPENVINO_PROVIDER in onnxruntime.get_available_providers()
+
+
+def kernels(backend: str, kind: str) -> str:
+    """Whose arithmetic runs the windows, which decides the precisions possible and the records that hold:
+    ONNX Runtime's OpenVINO provider on the CPU computes (and rounds) as OpenVINO does."""
+    return "openvino" if backend == "onnx" and kind == "cpu" and ort_openvino() else backend
+
+
 def _cuda_bf16(backend: str, kind: str) -> bool:
     if backend != "torch" or kind != "cuda":
         return False
@@ -101,7 +120,7 @@ def with_precision(
     int8_ready = int8_path(package).is_file()
     if not int8_ready:
         records = without(records, "int8")
-    choice = choose(requested, backend, kind, cpu_features(), records, _cuda_bf16(backend, kind),
+    choice = choose(requested, kernels(backend, kind), kind, cpu_features(), records, _cuda_bf16(backend, kind),
                     mirrored=bool(settings.mirror_axes))  # fmt: skip
     if choice.precision == "int8" and not int8_ready:
         raise ValueError(
@@ -114,9 +133,15 @@ def with_precision(
 
 
 def describe(backend: str, kind: str, choice: Choice) -> str:
-    """E.g. "engine: torch 2.13.0 on cpu (AVX-512 BF16 (VNNI; /proc/cpuinfo)), precision bf16: fastest …"."""
+    """E.g. "engine: torch 2.13.0 on cpu (AVX-512 BF16 (VNNI; /proc/cpuinfo)), precision bf16: fastest …";
+    ONNX Runtime with its OpenVINO provider is "onnxruntime-openvino"."""
     name = {"torch": "torch", "onnx": "onnxruntime", "openvino": "openvino"}[backend]
     version = _version(name)
+    if backend == "onnx":
+        import onnxruntime  # lazy: its own version (an onnxruntime-openvino build shadows onnxruntime's metadata)
+
+        version = onnxruntime.__version__
+        name += "-openvino" if kernels(backend, kind) == "openvino" else ""
     where = f"{kind} ({cpu_features().describe()})" if kind == "cpu" else kind
     return f"{ENGINE_PREFIX}{name} {version} on {where}, precision {choice.precision}: {choice.reason}"
 

@@ -30,6 +30,18 @@ QUANTISED_OPS = ("Conv", "ConvTranspose")
 CALIBRATION_MEMORY_SHARE = 0.4
 
 
+def quantizer_missing() -> str | None:
+    """Why this ONNX Runtime cannot write the int8 export, or None: quantising from ranges measured here needs its
+    calibration cache (onnxruntime 1.27; ONNX Runtime's OpenVINO build 1.24 lacks it, yet runs an int8 export)."""
+    import onnxruntime
+    from onnxruntime.quantization import calibrate
+
+    if hasattr(calibrate, "save_tensors_data"):
+        return None
+    return (f"this ONNX Runtime ({onnxruntime.__version__}) cannot write an int8 export from measured ranges "
+            "(onnxruntime 1.27 or newer can)")  # fmt: skip
+
+
 def quantize_int8(package: ModelPackage, windows: np.ndarray) -> Path:
     """Write ``model.int8.onnx`` from the package's (current) ONNX export, calibrated on ``windows``."""
     import onnx

@@ -9,6 +9,7 @@ weights as MONAI's). Only `export_onnx` needs torch, and imports it when called.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from unetseg.inference.engines import int8_path, session_options
+from unetseg.inference.engines import OPENVINO_HINTS, OPENVINO_PROVIDER, int8_path, session_options
 from unetseg.inference.linear_resampling import argmax_on_grid, resample_linear
 from unetseg.inference.windows import WindowSettings, count_windows, sliding_window
 from unetseg.io.atomic import atomic_write
@@ -89,7 +90,7 @@ def record_weights_digest(path: Path, digest: str) -> None:
 
 
 def _check_export(path: Path, example: np.ndarray, expected: np.ndarray) -> None:
-    got = _session(path, "cpu").run([OUTPUT_NAME], {INPUT_NAME: example})[0]
+    got = _session(path, "cpu", own_kernels=True).run([OUTPUT_NAME], {INPUT_NAME: example})[0]
     error = float(np.abs(got - expected).max()) if got.shape == expected.shape else math.inf
     if error > _EXPORT_TOLERANCE * max(1.0, float(np.abs(expected).max())):
         raise RuntimeError(
@@ -98,7 +99,10 @@ def _check_export(path: Path, example: np.ndarray, expected: np.ndarray) -> None
         )
 
 
-def _session(path: Path, device: str) -> Any:
+def _session(path: Path, device: str, precision: str = "fp32", own_kernels: bool = False) -> Any:
+    """ONNX Runtime on ``path``: CUDA where asked and there; on the CPU the OpenVINO provider where this build has
+    it (in ``precision``; not with ``own_kernels``: ONNX Runtime's CPU kernels, whose arithmetic the export check and
+    the int8 record judge), else ONNX Runtime's CPU kernels."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -106,15 +110,21 @@ def _session(path: Path, device: str) -> Any:
         raise ValueError("The ONNX backend does not run on Apple MPS; use device 'cpu' or the torch backend.")
     if device == "cuda" and "CUDAExecutionProvider" not in available:
         raise ValueError("Device 'cuda' was asked for but this ONNX Runtime has no CUDA support; use 'cpu'.")
-    providers = ["CPUExecutionProvider"]
+    providers: list[Any] = ["CPUExecutionProvider"]
     if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
         providers.insert(0, "CUDAExecutionProvider")
+    elif device in ("auto", "cpu") and OPENVINO_PROVIDER in available and not own_kernels:
+        config = {"CPU": {"INFERENCE_PRECISION_HINT": OPENVINO_HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}}
+        providers.insert(0, (OPENVINO_PROVIDER, {"device_type": "CPU", "load_config": json.dumps(config)}))
     return ort.InferenceSession(str(path), sess_options=session_options(), providers=providers)
 
 
-def open_session(package: ModelPackage, device: str = "auto", precision: str = "fp32") -> Any:
+def open_session(
+    package: ModelPackage, device: str = "auto", precision: str = "fp32", own_kernels: bool = False
+) -> Any:
     """An ONNX Runtime session on a package's export (its int8 export for ``precision`` int8); a missing or
-    outdated export is a clear error.
+    outdated export is a clear error. ``own_kernels``: ONNX Runtime's CPU kernels even where this build has the
+    OpenVINO provider.
 
     An export that records its weights' digest is current when the weights still have it; an older export
     without one is current when it is newer than the weights file.
@@ -123,7 +133,7 @@ def open_session(package: ModelPackage, device: str = "auto", precision: str = "
     name = package.manifest["name"]
     if not path.is_file():
         raise ValueError(f"Model '{name}' has no ONNX export ({path}). Create it with: unetseg export-onnx {name}")
-    session = _session(path, device)
+    session = _session(path, device, precision, own_kernels)
     check_current(package, path, session.get_modelmeta().custom_metadata_map.get(WEIGHTS_DIGEST_KEY))
     return session
 

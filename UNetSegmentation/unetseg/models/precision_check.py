@@ -22,8 +22,8 @@ import numpy as np
 
 from unetseg.cpu_features import cpu_features
 from unetseg.image import Image
-from unetseg.inference.engines import int8_path
-from unetseg.inference.int8_export import calibration_too_large, quantize_int8
+from unetseg.inference.engines import int8_path, ort_openvino
+from unetseg.inference.int8_export import calibration_too_large, quantize_int8, quantizer_missing
 from unetseg.inference.mirroring import MirroredTiles
 from unetseg.inference.onnx_backend import INPUT_NAME, open_session
 from unetseg.inference.precision import MIRRORED, RECORD_SETS, agreement, labels_from_logits
@@ -145,7 +145,7 @@ def _engines(package: ModelPackage, windows: np.ndarray) -> tuple[tuple[str, Log
         engines.update({p: "PyTorch is not installed" for p in ("bf16", "fp16")})
     engines["int8"] = _int8_engine(package, windows)
     if not torch_ok:
-        session = open_session(package, "cpu")
+        session = open_session(package, "cpu", own_kernels=True)
         reference = ("onnxruntime", _window_by_window(session))
     return reference, {RECORD_SETS["torch"]: {p: engines[p] for p in LOWER_PRECISIONS},
                        RECORD_SETS["openvino"]: _openvino_engines(package)}  # fmt: skip
@@ -157,26 +157,34 @@ def _int8_engine(package: ModelPackage, windows: np.ndarray) -> tuple[str, Logit
         return f"no ONNX export (make it with: unetseg export-onnx {package.name})"
     if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
         return "onnxruntime and onnx are not installed"
+    if missing := quantizer_missing():
+        return missing
     if too_large := calibration_too_large(package.onnx_path, (1, *windows.shape[1:])):
         return too_large
     quantize_int8(package, windows)
-    session = open_session(package, "cpu", "int8")
+    session = open_session(package, "cpu", "int8", own_kernels=True)
     return "onnxruntime", _window_by_window(session)
 
 
 def _openvino_engines(package: ModelPackage) -> dict:
-    """OpenVINO's own bf16 (and int8, on the int8 export) where OpenVINO and the exports are there: its kernels
-    round differently from torch's autocast and ONNX Runtime's int8."""
-    if importlib.util.find_spec("openvino") is None or not package.onnx_path.is_file():
+    """OpenVINO's own bf16 (and int8, on the int8 export) where the exports and OpenVINO are there — the package,
+    or else ONNX Runtime's OpenVINO provider (`onnxruntime-openvino`): its kernels round differently from torch's
+    autocast and ONNX Runtime's int8."""
+    if not package.onnx_path.is_file():
         return {}
-    from unetseg.inference.openvino_backend import OpenVinoSession  # lazy: OpenVINO
+    if importlib.util.find_spec("openvino") is not None:
+        from unetseg.inference.openvino_backend import OpenVinoSession  # lazy: OpenVINO
 
+        engine, session_on = "openvino", lambda path, precision: OpenVinoSession(path, precision)
+    elif importlib.util.find_spec("onnxruntime") is not None and ort_openvino():
+        engine, session_on = "onnxruntime-openvino", lambda _path, precision: open_session(package, "cpu", precision)
+    else:
+        return {}
     engines = {}
     for precision, path in (("bf16", package.onnx_path), ("int8", int8_path(package))):
         if not path.is_file() or (precision == "bf16" and not cpu_features().native_bf16):
             continue  # no int8 export (not made); bf16 emulated where the CPU lacks it: not measured
-        session = OpenVinoSession(path, precision)
-        engines[precision] = ("openvino", _window_by_window(session))
+        engines[precision] = (engine, _window_by_window(session_on(path, precision)))
     return engines
 
 
