@@ -11,7 +11,9 @@ a lower precision is the user's opt-in).
 Each contender is a whole command in its own process, on a 256x256x200 CT, interleaved over ``--reps``
 repetitions (contender order rotates per repetition): nnU-Net with ``-npp 1 -nps 1 -device cpu`` (1 fold and 5
 folds, with and without TTA), and ``unetseg predict --device cpu`` with the same folds and TTA on torch, ONNX
-Runtime and OpenVINO (the last two torch-free, on the same ONNX export), each with ``--precision fp32`` (nnU-Net's
+Runtime, OpenVINO and ONNX Runtime's OpenVINO build (``onnx-openvino``: ``--backend onnx`` with the
+``onnxruntime-openvino`` build in ``--ort-openvino`` first on PYTHONPATH; the last three torch-free, on the same ONNX
+export), each with ``--precision fp32`` (nnU-Net's
 arithmetic) and ``--precision auto`` (the default: a lower precision where the check validated it on that engine
 and this CPU computes it natively). Printed per configuration and command: what ran (engine, precision), the
 median wall time and its ratio to nnU-Net's, the peak memory of the command's whole process tree (sampled every
@@ -47,7 +49,9 @@ TRAIN_SPACING, TRAIN_SHAPE = (1.6, 1.6, 2.0), (80, 128, 128)  # x, y, z mm; z, y
 CT_SPACING, CT_SHAPE = (0.8, 0.8, 0.8), (200, 256, 256)  # the benchmark CT: 256x256x200
 # ours: "backend precision"; fp32 is nnU-Net's arithmetic, auto what `unetseg predict` runs by default (a lower
 # precision where validate-precision validated it on that engine and this CPU computes it natively)
-OURS = tuple(f"{backend} {precision}" for precision in ("fp32", "auto") for backend in ("torch", "onnx", "openvino"))
+OURS = tuple(f"{backend} {precision}" for precision in ("fp32", "auto")
+             for backend in ("torch", "onnx", "openvino", "onnx-openvino"))  # fmt: skip
+ORT_OPENVINO = Path(sys.prefix) / "ort-openvino"  # where the Makefile sets ONNX Runtime's OpenVINO build aside
 ENGINE_LINE = re.compile(r"engine: (\S+) .*?precision (\w+)")
 HEAVY = "5 folds, TTA"  # 40 network passes per command: ``--heavy-reps`` may run it fewer times
 CONFIGS = (("1 fold", False), ("1 fold", True), ("5 folds", False), ("5 folds", True))
@@ -173,7 +177,8 @@ def command(work: Path, contender: str, folds: str, tta: bool, model: str) -> tu
         return argv + ([] if tta else ["--disable_tta"]), out / "ct.nii.gz"
     backend, precision = contender.split()
     argv = [str(BIN / "unetseg"), "predict", "-m", model, "-i", str(work / "input" / "ct_0000.nii.gz"),
-            "-o", str(out / "ct.nii.gz"), "--device", "cpu", "--backend", backend, "--tta" if tta else "--no-tta",
+            "-o", str(out / "ct.nii.gz"), "--device", "cpu", "--backend", backend.removesuffix("-openvino"),
+            "--tta" if tta else "--no-tta",
             "--precision", precision]
     return argv, out / "ct.nii.gz"
 
@@ -189,9 +194,12 @@ def min_dice(a_path: Path, b_path: Path) -> float:
     return min(scores)
 
 
-def benchmark(work: Path, reps: int, heavy_reps: int, ours: tuple[str, ...], on_case: bool) -> dict:
+def benchmark(work: Path, reps: int, heavy_reps: int, ours: tuple[str, ...], on_case: bool,
+              ort_openvino: Path) -> dict:  # fmt: skip
     names = prepare_contenders(work, on_case)
     env = dict(nnunet_env(work), UNETSEG_MODELS_DIR=str(work / "models"))
+    # ONNX Runtime's OpenVINO build shadows onnxruntime for the onnx-openvino commands
+    ov_env = dict(env, PYTHONPATH=os.pathsep.join(filter(None, [str(ort_openvino), env.get("PYTHONPATH")])))
     contenders = ("nnunet", *ours)
     results: dict = {}
     for rep in range(reps):
@@ -203,7 +211,7 @@ def benchmark(work: Path, reps: int, heavy_reps: int, ours: tuple[str, ...], on_
             for contender in contenders[turn:] + contenders[:turn]:  # rotate who runs first
                 argv, out = command(work, contender, folds, tta, names[folds])
                 log = work / "logs" / f"{contender.replace(' ', '-')}-{rep}-{key}.log"
-                seconds, rss, pss = run_measured(argv, env, log)
+                seconds, rss, pss = run_measured(argv, ov_env if contender.startswith("onnx-openvino") else env, log)
                 entry = results.setdefault(key, {}).setdefault(contender, {"seconds": [], "rss": [], "pss": [],
                                                                            "out": str(out)})
                 entry["seconds"].append(round(seconds, 1))
@@ -248,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-only", action="store_true", help="make the model, measure nothing")
     parser.add_argument("--ours", nargs="+", default=list(OURS), choices=OURS, metavar="'BACKEND PRECISION'",
                         help=f"our commands to measure (default: all of {', '.join(OURS)})")
+    parser.add_argument("--ort-openvino", type=Path, default=ORT_OPENVINO,
+                        help="the onnxruntime-openvino build, installed with pip --target (default: %(default)s)")
     parser.add_argument("--validate-on-case", action="store_true",
                         help="check lower precisions on another CT of this kind, not on the synthetic phantom")
     args = parser.parse_args(argv)
@@ -256,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.train_only:
         return 0
     results = benchmark(work, args.reps, args.reps if args.heavy_reps is None else args.heavy_reps,
-                        tuple(args.ours), args.validate_on_case)
+                        tuple(args.ours), args.validate_on_case, args.ort_openvino)
     (work / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     print(table(results))
     return 0
