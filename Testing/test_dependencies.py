@@ -35,6 +35,19 @@ def test_missing_requirements_checks_names_and_versions():
     ]
 
 
+def test_a_build_providing_the_module_in_place_of_the_plain_one_satisfies_it(tmp_path, monkeypatch):
+    """onnxruntime-openvino installs the ``onnxruntime`` module: the panel must not install onnxruntime over it."""
+    site = tmp_path / "site"
+    (site / "fakeort").mkdir(parents=True)
+    (site / "fakeort" / "__init__.py").write_text("")
+    info = site / "fakeort_openvino-1.24.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fakeort-openvino\nVersion: 1.24.1\n")
+    (info / "top_level.txt").write_text("fakeort\n")
+    monkeypatch.syspath_prepend(str(site))
+    assert missingRequirements(["fakeort>=1.17", "fakeort>=1.25"]) == ["fakeort>=1.25"]
+
+
 class World:
     """A fake Python environment: which distributions are installed, and what the installer did."""
 

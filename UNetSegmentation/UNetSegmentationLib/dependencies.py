@@ -41,17 +41,20 @@ def readRequirements(path: str | Path = REQUIREMENTS_FILE) -> list[str]:
 
 
 def isSatisfied(requirement: str) -> bool:
-    """True when the distribution is importable and its installed version meets the requirement's specifier."""
+    """True when the distribution is importable and its installed version meets the requirement's specifier; a
+    build that provides the same module in its place (onnxruntime-openvino, onnxruntime-gpu for onnxruntime) counts:
+    installing the plain one over it would mix two builds' files in one folder."""
     from packaging.requirements import Requirement
 
     req = Requirement(requirement)
-    if importlib.util.find_spec(req.name.replace("-", "_")) is None:  # absent, or blocked in sys.modules
+    module = req.name.replace("-", "_")
+    if importlib.util.find_spec(module) is None:  # absent, or blocked in sys.modules
         return False
     try:
-        installed = importlib.metadata.version(req.name)
+        versions = [importlib.metadata.version(req.name)]
     except importlib.metadata.PackageNotFoundError:
-        return False
-    return req.specifier.contains(installed, prereleases=True)
+        versions = [importlib.metadata.version(d) for d in importlib.metadata.packages_distributions().get(module, [])]
+    return any(req.specifier.contains(v, prereleases=True) for v in versions)
 
 
 def missingRequirements(requirements: Sequence[str]) -> list[str]:
