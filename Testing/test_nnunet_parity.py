@@ -197,3 +197,43 @@ def test_what_an_imported_model_expects_is_in_the_inputs_axis_order(catalog):
     assert expects["modality"] == "CT" and "intensity_range" not in expects
     fov = expects["min_field_of_view_mm"]
     assert fov[0] > fov[1] and fov[0] == pytest.approx(0.5 * 16 * 3.62, rel=0.01)
+
+
+@pytest.mark.slow
+def test_onnx_runtimes_openvino_build_matches_nnunetv2_predict(catalog):
+    """ONNX Runtime's OpenVINO build (set aside by the Makefile; torch blocked) runs every model, with and without
+    TTA, on OpenVINO's fp32 kernels through ONNX Runtime: nnU-Net's labels at the same Dice bar."""
+    from test_onnx_openvino_provider import ORT_OPENVINO, run_in_ort_openvino
+
+    if not (ORT_OPENVINO / "onnxruntime").is_dir():
+        pytest.skip(f"no ONNX Runtime OpenVINO build in {ORT_OPENVINO} (make test)")
+    runs = [{"package": str(catalog.get(key).path), "tta": tta, "files": [str(f) for f in files],
+             "reference": str(FIXTURES / "reference" / key / ("tta" if tta else "notta") / f"{case}.nii.gz"),
+             "name": f"{key} {case} {'tta' if tta else 'notta'}"}
+            for key in SOURCES for tta in (True, False) for case, files in cases(key).items()]  # fmt: skip
+    out = run_in_ort_openvino(f"""
+        import json, sys
+        sys.modules["torch"] = sys.modules["monai"] = None  # as if not installed
+        import numpy as np
+        import SimpleITK as sitk
+        from unetseg.image import Image
+        from unetseg.inference.predictor import segment
+        from unetseg.models.package import load_package
+        for run in json.loads({json.dumps(runs)!r}):
+            lines = []
+            images = [Image.from_sitk(sitk.ReadImage(f)) for f in run["files"]]
+            labels = segment(images, load_package(run["package"]), device="cpu", tta=run["tta"], backend="onnx",
+                             progress=lambda _f, stage: lines.append(stage)).image.array
+            ref = sitk.GetArrayFromImage(sitk.ReadImage(run["reference"]))
+            dice = []
+            for v in sorted((set(np.unique(ref)) | set(np.unique(labels))) - {{0}}):
+                a, b = labels == v, ref == v
+                dice.append(2.0 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0))
+            engine = [line for line in lines if line.startswith("engine:")][0]
+            print(json.dumps([run["name"], min(dice, default=1.0), engine]))
+    """)
+    results = [json.loads(line) for line in out.strip().splitlines()]
+    assert len(results) == len(runs)
+    for name, dice, engine in results:
+        assert engine.startswith("engine: onnxruntime-openvino"), (name, engine)
+        assert dice >= MIN_DICE, f"{name} (ONNX Runtime's OpenVINO build): Dice {dice}"

@@ -53,7 +53,8 @@ def exported(tmp_path_factory):
     return load_package(folder), labels
 
 
-def _run(script: str) -> str:
+def run_in_ort_openvino(script: str) -> str:
+    """Run ``script`` in a child process whose onnxruntime is the OpenVINO build; its standard output."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ORT_OPENVINO), str(REPO / "UNetSegmentation")]))
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
                           encoding="utf-8", cwd=REPO, env=env, timeout=600)  # fmt: skip
@@ -73,7 +74,7 @@ def test_the_onnx_path_runs_openvinos_kernels_in_fp32_and_bf16_and_reads_openvin
               "foreground_voxels": 1}  # fmt: skip
     refused = {**agreed, "engine": "onnxruntime", "foreground_agreement": 0.9, "validated": False}
     _set_records(package, {"checked": {"int8": refused}, "openvino": {"bf16": agreed}})
-    out = _run(f"""
+    out = run_in_ort_openvino(f"""
         import sys
         sys.modules["torch"] = sys.modules["monai"] = None  # as if not installed
         import numpy as np
@@ -112,7 +113,7 @@ def test_the_precision_check_measures_openvinos_rounding_through_onnx_runtime_wi
     exported,
 ):
     package, _ = exported
-    out = _run(f"""
+    out = run_in_ort_openvino(f"""
         import json, sys
         sys.modules["openvino"] = None  # only ONNX Runtime's OpenVINO build is there
         from unetseg.models.package import load_package

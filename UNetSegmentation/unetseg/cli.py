@@ -111,12 +111,13 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    help="skip the model's post-processing (largest component, hole filling, islands)")
     p.add_argument("--backend", choices=BACKENDS, default="torch",
                    help="torch (default; ONNX Runtime is used anyway when torch is not installed), onnx (ONNX "
-                        "Runtime) or openvino (pip install openvino; CPU), the last two on the model's ONNX export; "
+                        "Runtime; its onnxruntime-openvino build runs OpenVINO's kernels on the CPU) or openvino (pip "
+                        "install openvino; CPU), the last two on the model's ONNX export; "
                         "auto: the fastest installed (torch on a GPU; on the CPU OpenVINO, then ONNX Runtime, where "
                         "the model has an ONNX export)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="numeric precision of the windows (default: auto = the fastest this device computes natively "
-                        "that the model is validated for; int8 needs --backend onnx)")
+                        "that the model is validated for; int8: --backend onnx or openvino)")
     p.add_argument("--max-memory-gb", type=float, metavar="GB",
                    help="refuse an input whose network grid needs more memory (default: 3/4 of this machine's)")
     p.add_argument("--max-windows", type=int, default=DEFAULT_MAX_WINDOWS, metavar="N",
