@@ -261,6 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--validate-on-case", action="store_true",
                         help="check lower precisions on another CT of this kind, not on the synthetic phantom")
     args = parser.parse_args(argv)
+    if any(c.startswith("onnx-openvino") for c in args.ours) and not (args.ort_openvino / "onnxruntime").is_dir():
+        parser.error(f"no onnxruntime-openvino build in {args.ort_openvino}: install it there with "
+                     f"pip install --no-deps --target {args.ort_openvino} onnxruntime-openvino, or leave out "
+                     "the onnx-openvino commands (--ours)")  # fmt: skip
     work = args.work.resolve()
     make_model(work, args.iterations, args.epochs, args.finetune)
     if args.train_only:
