@@ -3,7 +3,8 @@
 The runner imports neither torch nor MONAI, so a CPU-only workstation needs no PyTorch: the image is
 resampled with `linear_resampling` (the same sampling positions as the torch backend's trilinear
 interpolation) and the windows are stitched by `windows.sliding_window` (the same windows and Gaussian
-weights as MONAI's). Only `export_onnx` needs torch, and imports it when called.
+weights as MONAI's). Only `export_onnx` needs torch, and imports it when called. Where the installed ONNX Runtime
+is its OpenVINO build (`onnxruntime-openvino`), the CPU sessions run on its OpenVINO execution provider.
 """
 
 from __future__ import annotations
