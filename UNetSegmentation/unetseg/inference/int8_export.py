@@ -42,8 +42,13 @@ def quantizer_missing() -> str | None:
             "(onnxruntime 1.27 or newer can)")  # fmt: skip
 
 
+class CalibrationTooLargeError(ValueError):
+    """Calibrating would not fit this machine: one activation and its copy over `CALIBRATION_MEMORY_SHARE` of it."""
+
+
 def quantize_int8(package: ModelPackage, windows: np.ndarray) -> Path:
-    """Write ``model.int8.onnx`` from the package's (current) ONNX export, calibrated on ``windows``."""
+    """Write ``model.int8.onnx`` from the package's (current) ONNX export, calibrated on ``windows``; raises
+    `CalibrationTooLargeError` before any window runs where calibrating would not fit."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
@@ -98,14 +103,19 @@ def tensor_ranges(model: Any, windows: np.ndarray) -> dict[str, tuple[np.ndarray
     import onnxruntime
 
     sizes = calibration_tensors(model, (1, *windows.shape[1:]))
-    budget = CALIBRATION_MEMORY_SHARE * physical_memory_bytes() / 2  # outputs, then their numpy copies
+    largest, memory = max(sizes.values(), default=0), physical_memory_bytes()
+    if 2 * largest > CALIBRATION_MEMORY_SHARE * memory:
+        raise CalibrationTooLargeError(
+            f"calibrating int8 would hold a {largest / 2**30:.1f} GiB activation and its copy per window, more "
+            f"than {CALIBRATION_MEMORY_SHARE:.0%} of this machine's {memory / 2**30:.0f} GiB")  # fmt: skip
+    budget = CALIBRATION_MEMORY_SHARE * memory / 2  # outputs, then their numpy copies
     ranges: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL  # as its calibrator
     options.enable_cpu_mem_arena = False  # each group's memory back when its run ends
+    augmented = onnx.ModelProto()
+    augmented.CopyFrom(model)  # one copy whose outputs each group replaces
     for group in _groups(sizes, budget):
-        augmented = onnx.ModelProto()
-        augmented.CopyFrom(model)
         del augmented.graph.output[:]
         augmented.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
                                       for n in group)  # fmt: skip
@@ -153,16 +163,3 @@ def calibration_tensors(model: Any, window_shape: Sequence[int]) -> dict[str, in
                 if info is not None and name not in weights and info.elem_type == onnx.TensorProto.FLOAT:
                     sizes[name] = 4 * math.prod(d.dim_value for d in info.shape.dim)
     return sizes
-
-
-def calibration_too_large(model_path: Path, window_shape: Sequence[int]) -> str | None:
-    """Why calibrating would not fit this machine (one tensor and its copy over `CALIBRATION_MEMORY_SHARE` of
-    it), or None."""
-    import onnx
-
-    sizes = calibration_tensors(onnx.load(str(model_path)), window_shape)
-    largest, memory = max(sizes.values(), default=0), physical_memory_bytes()
-    if 2 * largest <= CALIBRATION_MEMORY_SHARE * memory:
-        return None
-    return (f"calibrating int8 would hold a {largest / 2**30:.1f} GiB activation and its copy per window, more "
-            f"than {CALIBRATION_MEMORY_SHARE:.0%} of this machine's {memory / 2**30:.0f} GiB")

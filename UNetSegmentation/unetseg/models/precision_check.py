@@ -23,7 +23,7 @@ import numpy as np
 from unetseg.cpu_features import cpu_features
 from unetseg.image import Image
 from unetseg.inference.engines import int8_path, ort_openvino
-from unetseg.inference.int8_export import calibration_too_large, quantize_int8, quantizer_missing
+from unetseg.inference.int8_export import CalibrationTooLargeError, quantize_int8, quantizer_missing
 from unetseg.inference.mirroring import MirroredTiles
 from unetseg.inference.onnx_backend import INPUT_NAME, open_session
 from unetseg.inference.precision import MIRRORED, RECORD_SETS, agreement, labels_from_logits
@@ -159,9 +159,10 @@ def _int8_engine(package: ModelPackage, windows: np.ndarray) -> tuple[str, Logit
         return "onnxruntime and onnx are not installed"
     if missing := quantizer_missing():
         return missing
-    if too_large := calibration_too_large(package.onnx_path, (1, *windows.shape[1:])):
-        return too_large
-    quantize_int8(package, windows)
+    try:
+        quantize_int8(package, windows)
+    except CalibrationTooLargeError as too_large:
+        return str(too_large)
     session = open_session(package, "cpu", "int8", own_kernels=True)
     return "onnxruntime", _window_by_window(session)
 
