@@ -214,8 +214,9 @@ def test_onnx_runtimes_openvino_build_matches_nnunetv2_predict(catalog):
     out = run_in_ort_openvino(f"""
         import json, sys
         sys.modules["torch"] = sys.modules["monai"] = None  # as if not installed
-        import numpy as np
+        sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
         import SimpleITK as sitk
+        from test_nnunet_parity import dice_per_label
         from unetseg.image import Image
         from unetseg.inference.predictor import segment
         from unetseg.models.package import load_package
@@ -224,13 +225,9 @@ def test_onnx_runtimes_openvino_build_matches_nnunetv2_predict(catalog):
             images = [Image.from_sitk(sitk.ReadImage(f)) for f in run["files"]]
             labels = segment(images, load_package(run["package"]), device="cpu", tta=run["tta"], backend="onnx",
                              progress=lambda _f, stage: lines.append(stage)).image.array
-            ref = sitk.GetArrayFromImage(sitk.ReadImage(run["reference"]))
-            dice = []
-            for v in sorted((set(np.unique(ref)) | set(np.unique(labels))) - {{0}}):
-                a, b = labels == v, ref == v
-                dice.append(2.0 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0))
+            dice = dice_per_label(labels, sitk.GetArrayFromImage(sitk.ReadImage(run["reference"])))
             engine = [line for line in lines if line.startswith("engine:")][0]
-            print(json.dumps([run["name"], min(dice, default=1.0), engine]))
+            print(json.dumps([run["name"], min(dice.values(), default=1.0), engine]))
     """)
     results = [json.loads(line) for line in out.strip().splitlines()]
     assert len(results) == len(runs)

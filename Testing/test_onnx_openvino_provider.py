@@ -21,8 +21,8 @@ import torch
 
 from unetseg import cli, phantoms
 from unetseg.inference.predictor import segment
-from unetseg.models.manifest import read_manifest
 from unetseg.models.package import load_package, save_package
+from unetseg.models.precision_check import check_precisions, record_in_manifest
 from unetseg.networks.factory import build_network
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,8 +44,6 @@ def exported(tmp_path_factory):
     save_package(folder, _manifest("ort-openvino-ct"), build_network(_manifest()["network"]).state_dict())
     assert cli.main(["export-onnx", str(folder)]) == 0
     package = load_package(folder)
-    from unetseg.models.precision_check import check_precisions
-
     check_precisions(package, count=1)  # makes the int8 export
     image, _ = phantoms.ct_phantom(shape=SHAPE)
     labels = folder.parent / "onnx-cpu-labels.npy"
@@ -62,18 +60,13 @@ def run_in_ort_openvino(script: str) -> str:
     return done.stdout
 
 
-def _set_records(package, records: dict) -> None:
-    manifest = read_manifest(package.path)
-    manifest["inference"]["precision"] = {**manifest["inference"]["precision"], **records}
-    (package.path / "model.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-
-
 def test_the_onnx_path_runs_openvinos_kernels_in_fp32_and_bf16_and_reads_openvinos_records(exported, tmp_path):
     package, onnx_cpu = exported
     agreed = {"engine": "openvino", "foreground_agreement": 1.0, "min_dice": 1.0, "dice": {}, "validated": True,
               "foreground_voxels": 1}  # fmt: skip
     refused = {**agreed, "engine": "onnxruntime", "foreground_agreement": 0.9, "validated": False}
-    _set_records(package, {"checked": {"int8": refused}, "openvino": {"bf16": agreed}})
+    record_in_manifest(package, {**package.inference["precision"], "checked": {"int8": refused},
+                                 "openvino": {"bf16": agreed}})  # fmt: skip
     out = run_in_ort_openvino(f"""
         import sys
         sys.modules["torch"] = sys.modules["monai"] = None  # as if not installed

@@ -135,13 +135,13 @@ def with_precision(
 def describe(backend: str, kind: str, choice: Choice) -> str:
     """E.g. "engine: torch 2.13.0 on cpu (AVX-512 BF16 (VNNI; /proc/cpuinfo)), precision bf16: fastest …";
     ONNX Runtime with its OpenVINO provider is "onnxruntime-openvino"."""
-    name = {"torch": "torch", "onnx": "onnxruntime", "openvino": "openvino"}[backend]
-    version = _version(name)
     if backend == "onnx":
         import onnxruntime  # lazy: its own version (an onnxruntime-openvino build shadows onnxruntime's metadata)
 
+        name = "onnxruntime-openvino" if kernels(backend, kind) == "openvino" else "onnxruntime"
         version = onnxruntime.__version__
-        name += "-openvino" if kernels(backend, kind) == "openvino" else ""
+    else:
+        name, version = backend, _version(backend)
     where = f"{kind} ({cpu_features().describe()})" if kind == "cpu" else kind
     return f"{ENGINE_PREFIX}{name} {version} on {where}, precision {choice.precision}: {choice.reason}"
 
