@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from fed_windows import FedWindows
 
 from unetseg import cli
 from unetseg.image import Image
@@ -201,7 +202,7 @@ def _variant(kind: str) -> tuple[dict, dict]:
     [("zscore_constant", True), ("argmax_then_nearest_invert", False), ("keep_largest", False),
      ("sigmoid", False), ("slices", True)],
 )  # fmt: skip
-def test_each_supported_step_runs_as_monai_runs_it(tmp_path, image_path, kind, onnx):
+def test_each_supported_step_runs_as_monai_runs_it(tmp_path, image_path, kind, onnx, monkeypatch):
     if kind == "keep_largest":
         pytest.importorskip("skimage", reason="MONAI's KeepLargestConnectedComponent needs scikit-image")
     config, meta = _variant(kind)
@@ -214,8 +215,11 @@ def test_each_supported_step_runs_as_monai_runs_it(tmp_path, image_path, kind, o
     backends = ["torch", "onnx"] if onnx else ["torch"]
     if onnx:
         export_onnx(package)
+    windows = FedWindows(monkeypatch)
     for backend in backends:
         ours = segment(image, package, device="cpu", backend=backend).image.array
+        if backend == "onnx":  # the session was opened for the windows it ran on: 4 slices a call, or one box
+            assert windows.check()[0] == (4 if kind == "slices" else 1)
         assert ours.shape == reference.shape
         values = [v for v in np.unique(reference) if v]
         dice = {v: 2 * ((ours == v) & (reference == v)).sum() / ((ours == v).sum() + (reference == v).sum())

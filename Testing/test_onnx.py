@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fed_windows import FedWindows
 
 from unetseg import cli, phantoms
 from unetseg.inference.predictor import segment
@@ -59,12 +60,14 @@ def test_export_writes_model_onnx_next_to_the_weights(exported, capsys):
 
 
 @pytest.mark.slow
-def test_torch_and_onnx_backends_agree(exported):
+def test_torch_and_onnx_backends_agree(exported, monkeypatch):
+    windows = FedWindows(monkeypatch)
     image, _ = phantoms.ct_phantom(shape=(30, 56, 48))
     by_backend = {
         backend: segment(image, exported, device="cpu", backend=backend, tta=True).image
         for backend in ("torch", "onnx")
     }
+    assert windows.check() == (1, 1, 32, 32, 32)  # the session was opened for the windows it ran on
     assert by_backend["onnx"].same_grid(image)
     for value in (1, 2):
         a, b = by_backend["torch"].array == value, by_backend["onnx"].array == value

@@ -83,6 +83,13 @@ def test_the_onnx_path_runs_openvinos_kernels_in_fp32_and_bf16_and_reads_openvin
               open_session(package, "cpu", "int8", own_kernels=True).get_providers())
         image, _ = phantoms.ct_phantom(shape={SHAPE})
         reference = np.load({str(onnx_cpu)!r})
+        opened, reshapes = onnxruntime.InferenceSession, set()
+
+        def recording(path, sess_options=None, providers=(), **kwargs):  # the shapes OpenVINO was told to compile
+            reshapes.update(p[1].get("reshape_input") for p in providers if isinstance(p, tuple))
+            return opened(path, sess_options=sess_options, providers=providers, **kwargs)
+
+        onnxruntime.InferenceSession = recording
         for precision in ("fp32", "bf16", "auto"):
             lines = []
             labels = segment(image, package, device="cpu", backend="onnx", precision=precision,
@@ -91,8 +98,11 @@ def test_the_onnx_path_runs_openvinos_kernels_in_fp32_and_bf16_and_reads_openvin
             print([line for line in lines if line.startswith("engine:")][0], same)
             assert labels.max() > 0 and same > (0.999 if precision == "fp32" else 0.9), (precision, same)
         print("native bf16", cpu_features().native_bf16)
+        print("reshapes", sorted(reshapes))
     """)
     assert "providers OpenVINOExecutionProvider ['CPUExecutionProvider']" in out
+    # the predictor's sessions tell OpenVINO the one window shape they run (compiled once, no dynamic model kept)
+    assert f"reshapes ['image[1,1,{','.join(map(str, package.inference['patch_size']))}]']" in out
     assert "engine: onnxruntime-openvino 1.24.1 on cpu" in out and "precision fp32: as asked" in out
     assert "precision bf16: as asked, not validated" not in out  # OpenVINO's record is the one read
     assert "precision bf16: as asked" in out

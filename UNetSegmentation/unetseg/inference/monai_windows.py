@@ -16,7 +16,7 @@ import numpy as np
 
 from unetseg.inference.onnx_backend import WindowRunner
 from unetseg.inference.openvino_backend import export_session
-from unetseg.inference.windows import WindowSettings, count_windows, sliding_window
+from unetseg.inference.windows import WindowSettings, call_shape, count_windows, sliding_window
 
 
 def window_plan(inferer: dict, spatial: Sequence[int]) -> tuple[tuple[int, ...], int | None]:
@@ -50,9 +50,12 @@ def export_scores(backend: str, package: Any, volume: np.ndarray, inferer: dict,
                   run: Any) -> np.ndarray:  # fmt: skip
     """The network's blended scores (K, *spatial) over a preprocessed ``volume`` (C, *spatial), with ONNX
     Runtime or OpenVINO (``backend``) on the package's export."""
-    session = export_session(backend, package, settings)
-    runner = WindowRunner(session, settings, run)
     roi, slice_axis = window_plan(inferer, volume.shape[1:])
+    network_roi = [n for axis, n in enumerate(roi) if axis != slice_axis]
+    windows = window_count(inferer, volume.shape[1:])
+    calls = call_shape(batch_size(inferer, settings), windows, (volume.shape[0], *network_roi))
+    session = export_session(backend, package, settings, calls)
+    runner = WindowRunner(session, settings, run)
 
     def predict(windows: np.ndarray) -> np.ndarray:
         if slice_axis is None:
@@ -60,7 +63,7 @@ def export_scores(backend: str, package: Any, volume: np.ndarray, inferer: dict,
         return np.expand_dims(runner(np.ascontiguousarray(windows.squeeze(slice_axis + 2))), slice_axis + 2)
 
     x = np.ascontiguousarray(volume[np.newaxis], dtype=np.float32)
-    run.start_windows(window_count(inferer, volume.shape[1:]))
+    run.start_windows(windows)
     if inferer["kind"] == "whole_image":
         return predict(x)[0]
     return sliding_window(

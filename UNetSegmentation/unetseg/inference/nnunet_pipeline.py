@@ -22,7 +22,7 @@ from unetseg.inference.nnunet_prepare import NnUNetRules, export, preprocess
 from unetseg.inference.nnunet_resampling import new_shape
 from unetseg.inference.nnunet_windows import count_tiles, sliding_window
 from unetseg.inference.openvino_backend import export_session
-from unetseg.inference.windows import WindowSettings
+from unetseg.inference.windows import WindowSettings, call_shape
 from unetseg.models.package import ModelPackage
 
 # Where the stages end on the overall progress scale (the predictor's: prepared at 0.05, windows done by 0.9).
@@ -40,8 +40,10 @@ def predict_labels(inputs: list[Image], package: ModelPackage, settings: WindowS
     pre = preprocess(arrays, spacing, rules)
     del arrays
     run.report(_PREPARED, "preprocessed")
-    predict, batch = _window_runner(backend, package, settings, run)
-    run.start_windows(count_tiles(pre.data.shape[1:], rules.patch_size))
+    tiles = count_tiles(pre.data.shape[1:], rules.patch_size)
+    predict, batch = _window_runner(backend, package, settings, run, call_shape(
+        settings.batch_size or 1, tiles, (pre.data.shape[0], *rules.patch_size)))
+    run.start_windows(tiles)
     logits = sliding_window(pre.data, rules.patch_size, rules.heads, rules.folds, predict, batch)
     run.check_cancel()
     pre.data = None
@@ -58,11 +60,12 @@ def _check_work(inputs: list[Image], rules: NnUNetRules, settings: WindowSetting
     check_work(new_shape(shape_t, spacing_t, target), len(inputs), settings, limits, spacing_t, target)
 
 
-def _window_runner(backend: str, package: ModelPackage, settings: WindowSettings,
-                   run: Any) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
-    """Tiles → mirror-averaged, fold-stacked logits, on ONNX Runtime, OpenVINO or torch; and the tiles per call."""
+def _window_runner(backend: str, package: ModelPackage, settings: WindowSettings, run: Any,
+                   calls: tuple[int, ...]) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
+    """Tiles → mirror-averaged, fold-stacked logits, on ONNX Runtime, OpenVINO or torch; and the tiles per call.
+    ``calls``: the input shape of the network's calls (`windows.call_shape`)."""
     if backend in ("onnx", "openvino"):
-        session = export_session(backend, package, settings)
+        session = export_session(backend, package, settings, calls)
 
         def forward(batch: np.ndarray) -> np.ndarray:
             return session.run([onnx_backend.OUTPUT_NAME], {onnx_backend.INPUT_NAME: batch})[0]

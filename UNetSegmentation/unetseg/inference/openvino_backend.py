@@ -78,11 +78,12 @@ def open_session(package: ModelPackage, settings: WindowSettings) -> OpenVinoSes
     return session
 
 
-def export_session(backend: str, package: ModelPackage, settings: WindowSettings) -> Any:
-    """A session on the package's ONNX export with ``run(outputs, feeds)``: ONNX Runtime's or OpenVINO's."""
+def export_session(backend: str, package: ModelPackage, settings: WindowSettings, window: Sequence[int]) -> Any:
+    """A session on the package's ONNX export with ``run(outputs, feeds)``: ONNX Runtime's or OpenVINO's.
+    ``window``: the input shape of every call (batch first); OpenVINO's session compiles per shape anyway."""
     if backend == "openvino":
         return open_session(package, settings)
-    return onnx_backend.open_session(package, settings.device, settings.precision)
+    return onnx_backend.open_session(package, settings.device, settings.precision, window=window)
 
 
 def predict_labels(

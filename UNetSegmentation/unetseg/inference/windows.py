@@ -72,6 +72,12 @@ def count_windows(image_size: Sequence[int], roi_size: Sequence[int], overlap: f
     return math.prod(len(axis_starts(n, r, overlap)) for n, r in zip(image_size, roi_size, strict=True))
 
 
+def call_shape(batch_size: int, windows: int, window: Sequence[int]) -> tuple[int, ...]:
+    """The input shape of a sliding window's network calls, batch first: ``batch_size`` windows of shape ``window``
+    (channels first), or all ``windows`` there are when fewer; only a last call can hold fewer."""
+    return (max(1, min(batch_size, windows)), *window)
+
+
 def gaussian_weights(roi_size: Sequence[int], sigma_scale: float = DEFAULT_SIGMA_SCALE) -> np.ndarray:
     """The Gaussian blending map of one window (sigma = `sigma_scale` × window), floored like MONAI's."""
     profiles = []
