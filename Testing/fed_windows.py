@@ -1,5 +1,6 @@
 """Records, for each ONNX Runtime session the predictor opens, the window it declared (`onnx_backend._session`'s
-``window``: the OpenVINO provider compiles for that shape once) and the input shapes it was then fed."""
+``window``: the OpenVINO provider compiles for that shape once) and the input shapes it was then fed; and, under
+ONNX Runtime's OpenVINO build, the shapes its provider was told (`told_reshapes`)."""
 
 from __future__ import annotations
 
@@ -48,3 +49,17 @@ class FedWindows:
         assert all(shape == window for shape in fed[:-1]), (window, set(fed))
         self.sessions.clear()
         return window
+
+
+def told_reshapes() -> set[str]:
+    """From now on in this process, every ``reshape_input`` the OpenVINO provider is given, as ONNX Runtime gets it."""
+    import onnxruntime
+
+    opened, told = onnxruntime.InferenceSession, set()
+
+    def recording(path, sess_options=None, providers=(), **kwargs):
+        told.update(p[1].get("reshape_input") for p in providers if isinstance(p, tuple))
+        return opened(path, sess_options=sess_options, providers=providers, **kwargs)
+
+    onnxruntime.InferenceSession = recording
+    return told

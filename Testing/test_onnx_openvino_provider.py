@@ -53,7 +53,8 @@ def exported(tmp_path_factory):
 
 def run_in_ort_openvino(script: str) -> str:
     """Run ``script`` in a child process whose onnxruntime is the OpenVINO build; its standard output."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ORT_OPENVINO), str(REPO / "UNetSegmentation")]))
+    paths = [ORT_OPENVINO, REPO / "UNetSegmentation", Path(__file__).resolve().parent]  # the last: test helpers
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(map(str, paths)))
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
                           encoding="utf-8", cwd=REPO, env=env, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -73,6 +74,7 @@ def test_the_onnx_path_runs_openvinos_kernels_in_fp32_and_bf16_and_reads_openvin
         import numpy as np
         import onnxruntime
         from unetseg import phantoms
+        from fed_windows import told_reshapes
         from unetseg.cpu_features import cpu_features
         from unetseg.inference.onnx_backend import open_session
         from unetseg.inference.predictor import segment
@@ -83,13 +85,7 @@ def test_the_onnx_path_runs_openvinos_kernels_in_fp32_and_bf16_and_reads_openvin
               open_session(package, "cpu", "int8", own_kernels=True).get_providers())
         image, _ = phantoms.ct_phantom(shape={SHAPE})
         reference = np.load({str(onnx_cpu)!r})
-        opened, reshapes = onnxruntime.InferenceSession, set()
-
-        def recording(path, sess_options=None, providers=(), **kwargs):  # the shapes OpenVINO was told to compile
-            reshapes.update(p[1].get("reshape_input") for p in providers if isinstance(p, tuple))
-            return opened(path, sess_options=sess_options, providers=providers, **kwargs)
-
-        onnxruntime.InferenceSession = recording
+        reshapes = told_reshapes()
         for precision in ("fp32", "bf16", "auto"):
             lines = []
             labels = segment(image, package, device="cpu", backend="onnx", precision=precision,
@@ -119,13 +115,18 @@ def test_the_precision_check_measures_openvinos_rounding_through_onnx_runtime_wi
     out = run_in_ort_openvino(f"""
         import json, sys
         sys.modules["openvino"] = None  # only ONNX Runtime's OpenVINO build is there
+        from fed_windows import told_reshapes
         from unetseg.models.package import load_package
         from unetseg.models.precision_check import check_precisions
+        reshapes = told_reshapes()
         record = check_precisions(load_package({str(package.path)!r}), count=1)
+        print(json.dumps(sorted(reshapes)))
         print(json.dumps({{name: {{p: r.get("engine", r.get("not_checked")) for p, r in section.items()}}
                           for name, section in record.items() if name in ("checked", "openvino")}}))
     """)
-    engines = json.loads(out.strip().splitlines()[-1])
+    *_, reshapes, engines = map(json.loads, out.strip().splitlines())
+    # its sessions on OpenVINO's kernels are compiled for the window they run, one at a time
+    assert reshapes == [f"image[1,1,{','.join(map(str, package.inference['patch_size']))}]"]
     # Its quantiser predates the calibration cache: the int8 record of ONNX Runtime's own kernels says why it is
     # missing, and OpenVINO's rounding is measured on the package's int8 export through the build's provider.
     assert engines["checked"]["int8"] == (

@@ -16,6 +16,7 @@ import datetime
 import importlib.util
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -148,7 +149,7 @@ def _engines(package: ModelPackage, windows: np.ndarray) -> tuple[tuple[str, Log
         session = open_session(package, "cpu", own_kernels=True)
         reference = ("onnxruntime", _window_by_window(session))
     return reference, {RECORD_SETS["torch"]: {p: engines[p] for p in LOWER_PRECISIONS},
-                       RECORD_SETS["openvino"]: _openvino_engines(package)}  # fmt: skip
+                       RECORD_SETS["openvino"]: _openvino_engines(package, windows.shape[1:])}  # fmt: skip
 
 
 def _int8_engine(package: ModelPackage, windows: np.ndarray) -> tuple[str, Logits] | str:
@@ -167,10 +168,10 @@ def _int8_engine(package: ModelPackage, windows: np.ndarray) -> tuple[str, Logit
     return "onnxruntime", _window_by_window(session)
 
 
-def _openvino_engines(package: ModelPackage) -> dict:
+def _openvino_engines(package: ModelPackage, window: tuple[int, ...]) -> dict:
     """OpenVINO's own bf16 (and int8, on the int8 export) where the exports and OpenVINO are there — the package,
-    or else ONNX Runtime's OpenVINO provider (`onnxruntime-openvino`): its kernels round differently from torch's
-    autocast and ONNX Runtime's int8."""
+    or else ONNX Runtime's OpenVINO provider (`onnxruntime-openvino`), told the ``window`` (channels, patch) it runs
+    one at a time: its kernels round differently from torch's autocast and ONNX Runtime's int8."""
     if not package.onnx_path.is_file():
         return {}
     if importlib.util.find_spec("openvino") is not None:
@@ -178,7 +179,11 @@ def _openvino_engines(package: ModelPackage) -> dict:
 
         engine, session_on = "openvino", lambda path, precision: OpenVinoSession(path, precision)
     elif importlib.util.find_spec("onnxruntime") is not None and ort_openvino():
-        engine, session_on = "onnxruntime-openvino", lambda _path, precision: open_session(package, "cpu", precision)
+        engine = "onnxruntime-openvino"
+
+        def session_on(_path: Path, precision: str) -> Any:
+            return open_session(package, "cpu", precision, window=(1, *window))
+
     else:
         return {}
     engines = {}
