@@ -21,8 +21,7 @@ from unetseg.vocabulary import BACKENDS, check_choice
 
 INT8_SUFFIX = ".int8.onnx"
 ENGINE_PREFIX = "engine: "  # the progress stage naming the engine and precision that run
-# OpenVINO's inference precision per requested precision (int8 comes from the quantised export itself): for the
-# OpenVINO backend and for ONNX Runtime's OpenVINO execution provider alike.
+# OpenVINO's inference precision per requested precision (int8 comes from the quantised export itself).
 OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 OPENVINO_PROVIDER = "OpenVINOExecutionProvider"
 
@@ -72,6 +71,12 @@ def device_type(backend: str, device: str) -> str:
     from unetseg.devices import resolve_device  # lazy: torch
 
     return resolve_device(device).type
+
+
+def openvino_cpu_config(precision: str) -> dict[str, str]:
+    """OpenVINO's CPU compile settings for a run in ``precision``, one window at a time: for the OpenVINO backend
+    and for ONNX Runtime's OpenVINO execution provider alike."""
+    return {"INFERENCE_PRECISION_HINT": OPENVINO_HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
 
 
 def ort_openvino() -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from unetseg.inference.engines import OPENVINO_HINTS, OPENVINO_PROVIDER, int8_path, session_options
+from unetseg.inference.engines import OPENVINO_PROVIDER, int8_path, openvino_cpu_config, session_options
 from unetseg.inference.linear_resampling import argmax_on_grid, resample_linear
 from unetseg.inference.windows import WindowSettings, call_shape, count_windows, sliding_window
 from unetseg.io.atomic import atomic_write
@@ -119,8 +119,7 @@ def _session(
     if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
         providers.insert(0, "CUDAExecutionProvider")
     elif device in ("auto", "cpu") and OPENVINO_PROVIDER in available and not own_kernels:
-        config = {"CPU": {"INFERENCE_PRECISION_HINT": OPENVINO_HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}}
-        options = {"device_type": "CPU", "load_config": json.dumps(config)}
+        options = {"device_type": "CPU", "load_config": json.dumps({"CPU": openvino_cpu_config(precision)})}
         if window is not None:
             options["reshape_input"] = f"{INPUT_NAME}[{','.join(str(int(n)) for n in window)}]"
         providers.insert(0, (OPENVINO_PROVIDER, options))

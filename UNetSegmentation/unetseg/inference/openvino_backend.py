@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from unetseg.inference import onnx_backend
-from unetseg.inference.engines import OPENVINO_HINTS, int8_path
+from unetseg.inference.engines import int8_path, openvino_cpu_config
 from unetseg.inference.onnx_backend import INPUT_NAME, WEIGHTS_DIGEST_KEY, check_current
 from unetseg.inference.windows import WindowSettings
 from unetseg.models.package import ModelPackage
@@ -32,7 +32,7 @@ class OpenVinoSession:
         self.core = shared_core()
         self.model = self.core.read_model(str(path))
         self.recorded = _recorded_digest(self.model)
-        self.options = {"INFERENCE_PRECISION_HINT": OPENVINO_HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
+        self.options = openvino_cpu_config(precision)
         self.compiled: dict[tuple[int, ...], Any] = {}
 
     def run(self, _outputs: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
